@@ -1,0 +1,27 @@
+"""Who is calling: the API key decides, the body's `client` must agree."""
+
+from __future__ import annotations
+
+from flask import g, request
+
+from ..clients import authenticate
+from ..errors import Forbidden
+from ..services import services
+
+PUBLIC_ENDPOINTS = {"api.healthz", "api.openapi"}
+
+
+def require_key() -> None:
+    """before_request hook: every endpoint but the public ones needs `Authorization: Bearer KEY`."""
+    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    g.client = authenticate(services().store, key.strip() if scheme.lower() == "bearer" else None)
+
+
+def client_for(named: str | None) -> str:
+    """The caller's client name. :raises Forbidden: the request names another client."""
+    if named and named != g.client:
+        raise Forbidden(f"Your API key belongs to client {g.client!r}, not {named!r}.")
+    return g.client

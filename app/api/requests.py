@@ -1,0 +1,107 @@
+"""Turning validated HTTP input into a RunSpec: file names, sizes, entry point, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from marshmallow import Schema, ValidationError
+from werkzeug.datastructures import FileStorage
+from werkzeug.utils import secure_filename
+
+from ..config import Settings
+from ..errors import PayloadTooLarge, ValidationFailed
+from ..models import Limits, RunSpec
+
+ALLOWED_SUFFIXES = (".py",)
+
+
+def load(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate with a schema. :raises ValidationFailed: with marshmallow's messages per field."""
+    try:
+        return schema.load(data)
+    except ValidationError as e:
+        raise ValidationFailed("The request is not valid; see details for each field.", details=e.messages) from e
+
+
+def check_file_name(name: str | None) -> str:
+    """The name as sent, if it is safe and a .py file. :raises ValidationFailed: otherwise."""
+    if not name:
+        raise ValidationFailed("Every file needs a name.")
+    safe = secure_filename(name)
+    if safe != name:
+        raise ValidationFailed(
+            f"File name {name!r} is not allowed: use only letters, digits, '_', '-' and '.', with no path.",
+            details={"name": name, "suggestion": safe or None},
+        )
+    if not name.endswith(ALLOWED_SUFFIXES):
+        raise ValidationFailed(f"File {name!r} is not accepted: only {', '.join(ALLOWED_SUFFIXES)} files are.")
+    return name
+
+
+def read_uploads(uploads: Iterable[FileStorage], settings: Settings) -> dict[str, bytes]:
+    """Read uploaded files into memory, checking names, count and sizes."""
+    files: dict[str, bytes] = {}
+    for upload in uploads:
+        name = check_file_name(upload.filename)
+        if name in files:
+            raise ValidationFailed(f"File {name!r} was sent twice.")
+        if len(files) >= settings.max_files:
+            raise PayloadTooLarge(f"At most {settings.max_files} files may be sent at once.")
+        data = upload.stream.read(settings.max_file_bytes + 1)
+        files[name] = check_size(name, data, settings)
+    if not files:
+        raise ValidationFailed("No files were sent: add at least one `files[]` part.")
+    return files
+
+
+def check_size(name: str, data: bytes, settings: Settings) -> bytes:
+    if len(data) > settings.max_file_bytes:
+        raise PayloadTooLarge(f"File {name!r} is larger than the limit of {settings.max_file_bytes} bytes.")
+    return data
+
+
+def choose_entrypoint(files: Mapping[str, bytes], requested: str | None) -> str:
+    """The requested file, else main.py, else the only file."""
+    if requested is not None:
+        if requested not in files:
+            raise ValidationFailed(
+                f"entrypoint {requested!r} is not one of the uploaded files.", details={"files": sorted(files)}
+            )
+        return requested
+    if "main.py" in files:
+        return "main.py"
+    if len(files) == 1:
+        return next(iter(files))
+    raise ValidationFailed("Several files were sent and none is main.py: name the one to run in `entrypoint`.")
+
+
+def resolve_limits(requested: Mapping[str, Any], settings: Settings) -> Limits:
+    """Requested limits, defaulted from settings. :raises ValidationFailed: above a server maximum."""
+    rules = (
+        ("timeout", settings.timeout_s, settings.max_timeout_s, "seconds"),
+        ("memory_mb", settings.memory_mb, settings.max_memory_mb, "MiB"),
+        ("cpus", settings.cpus, settings.max_cpus, "cores"),
+    )
+    values, errors = {}, {}
+    for field, default, maximum, unit in rules:
+        value = requested.get(field)
+        value = min(default, maximum) if value is None else value
+        if value > maximum:
+            errors[field] = [f"Must be at most {maximum:g} {unit} (the server maximum)."]
+        values[field] = value
+    if errors:
+        raise ValidationFailed("A requested limit is above the server maximum.", details=errors)
+    return Limits(timeout_s=float(values["timeout"]), memory_mb=int(values["memory_mb"]), cpus=float(values["cpus"]))
+
+
+def build_spec(
+    client: str, files: dict[str, bytes], entrypoint: str | None, fields: Mapping[str, Any], settings: Settings
+) -> RunSpec:
+    """A RunSpec from validated parts."""
+    return RunSpec(
+        client=client,
+        files=files,
+        entrypoint=choose_entrypoint(files, entrypoint),
+        limits=resolve_limits(fields, settings),
+    )

@@ -1,0 +1,132 @@
+"""HTTP endpoints: parse with a schema, call one service function, dump with a schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from .. import jobs
+from ..errors import UnsupportedMediaType, ValidationFailed
+from ..models import Job, Status
+from ..outputs import OutputChannel
+from ..services import Services, services
+from . import auth
+from .requests import build_spec, check_file_name, check_size, load, read_uploads
+from .schemas import JobSchema, RunFormSchema, RunJsonSchema
+
+bp = Blueprint("api", __name__)
+job_schema = JobSchema()
+
+
+@bp.post("/run-json")
+def run_json() -> Response:
+    """Run a script sent as JSON.
+    ---
+    post:
+      summary: Run a script given as JSON
+      parameters:
+      - {in: query, name: async, schema: {type: boolean}, description: Answer 202 at once and run in the background.}
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: RunJsonSchema
+      responses:
+        200:
+          description: "The output, streamed as text/plain; or with `Accept: application/json`, the job."
+          content:
+            text/plain: {schema: {type: string}}
+            application/json: {schema: JobSchema}
+        202: {description: Accepted (async), content: {application/json: {schema: AcceptedSchema}}}
+        400: {$ref: "#/components/responses/Error"}
+        401: {$ref: "#/components/responses/Error"}
+        413: {$ref: "#/components/responses/Error"}
+        415: {$ref: "#/components/responses/Error"}
+        429: {$ref: "#/components/responses/Error"}
+    """
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as JSON with `Content-Type: application/json`.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.")
+    fields = load(RunJsonSchema(), body)
+    svc = services()
+    name = check_file_name(fields["script_name"])
+    files = {name: check_size(name, fields["code"].encode(), svc.settings)}
+    client = auth.client_for(fields.get("client"))
+    return _start(build_spec(client, files, name, fields, svc.settings))
+
+
+@bp.post("/run-file")
+def run_file() -> Response:
+    """Run uploaded files.
+    ---
+    post:
+      summary: Run uploaded .py files
+      parameters:
+      - {in: query, name: async, schema: {type: boolean}, description: Answer 202 at once and run in the background.}
+      requestBody:
+        required: true
+        content:
+          multipart/form-data:
+            schema: RunFileSchema
+      responses:
+        200:
+          description: "The output, streamed as text/plain; or with `Accept: application/json`, the job."
+          content:
+            text/plain: {schema: {type: string}}
+            application/json: {schema: JobSchema}
+        202: {description: Accepted (async), content: {application/json: {schema: AcceptedSchema}}}
+        400: {$ref: "#/components/responses/Error"}
+        401: {$ref: "#/components/responses/Error"}
+        413: {$ref: "#/components/responses/Error"}
+        415: {$ref: "#/components/responses/Error"}
+        429: {$ref: "#/components/responses/Error"}
+    """
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("Send the files as multipart/form-data, each in a `files[]` part.")
+    unknown_files = set(request.files) - {"files[]"}
+    if unknown_files:
+        raise ValidationFailed(
+            "Unknown file fields; send files as `files[]`.", details={k: ["Unknown field."] for k in unknown_files}
+        )
+    fields = load(RunFormSchema(), request.form.to_dict())
+    svc = services()
+    files = read_uploads(request.files.getlist("files[]"), svc.settings)
+    client = auth.client_for(fields.get("client"))
+    return _start(build_spec(client, files, fields.get("entrypoint"), fields, svc.settings))
+
+
+def _start(spec) -> Response:  # type: ignore[no-untyped-def]
+    svc = services()
+    job, channel = jobs.submit(svc, spec)
+    if request.args.get("async", "").lower() in ("1", "true", "yes"):
+        status_url = url_for("api.job_status", job_id=job.id, _external=True)
+        response = jsonify({"job_id": job.id, "status": job.status.value, "status_url": status_url})
+        response.status_code = 202
+        response.headers["Location"] = status_url
+        return response
+    if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == "application/json":
+        response = jsonify(job_schema.dump(jobs.wait_finished(svc, job, channel)))
+    else:
+        response = Response(_stream(svc, job, channel), mimetype="text/plain")
+    response.headers["X-Job-Id"] = job.id
+    return response
+
+
+def _stream(svc: Services, job: Job, channel: OutputChannel) -> Iterator[bytes]:
+    """The output as it comes, then a marker line when the run did not succeed."""
+    last = b"\n"
+    for chunk in channel.follow():
+        if chunk:
+            last = chunk
+            yield chunk
+    yield from _marker(jobs.get_job(svc, job.id, job.client), last)
+
+
+def _marker(job: Job, last: bytes) -> Iterator[bytes]:
+    if job.status is Status.SUCCEEDED:
+        return
+    lead = b"" if last.endswith(b"\n") else b"\n"
+    yield lead + f"[runner] job {job.id} {job.status.value}: {job.message}\n".encode()

@@ -1,0 +1,139 @@
+"""Request and response schemas, declared once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+CLIENT_NAME = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
+CLIENT_NAME_RULE = (
+    "lowercase letters and digits, optionally separated by single '.', '_' or '-' (at most 63 characters)"
+)
+
+
+def client_field(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=[validate.Length(max=63), validate.Regexp(CLIENT_NAME, error=f"Must be {CLIENT_NAME_RULE}.")],
+        metadata={"description": "Client name; optional when the API key says who you are.", "example": "test-client"},
+        **kwargs,
+    )
+
+
+class Code(fields.Field):
+    """Source code given as one string or a list of lines."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(line, str) for line in value):
+            return "\n".join(value) + "\n"
+        raise ValidationError("Must be a string or a list of strings (lines).")
+
+
+class LimitsSchema(Schema):
+    timeout = fields.Float(validate=validate.Range(min=0.1), metadata={"description": "Wall-clock limit in seconds."})
+    memory_mb = fields.Integer(
+        validate=validate.Range(min=16), metadata={"description": "Memory limit in MiB (no swap)."}
+    )
+    cpus = fields.Float(validate=validate.Range(min=0.01), metadata={"description": "CPU limit in cores."})
+
+
+class RunJsonSchema(LimitsSchema):
+    script_name = fields.String(required=True, metadata={"example": "main.py"})
+    client = client_field()
+    code = Code(
+        required=True,
+        metadata={"description": "The script: a string, or a list of lines.", "example": ["print('hello world')"]},
+    )
+
+
+class RunFormSchema(LimitsSchema):
+    client = client_field()
+    entrypoint = fields.String(
+        metadata={"description": "Which uploaded file to run (default main.py or the only file)."}
+    )
+
+
+class RunFileSchema(RunFormSchema):
+    """Documents the multipart body of /run-file (files are read by the view)."""
+
+    files = fields.List(fields.Raw(metadata={"type": "string", "format": "binary"}), data_key="files[]", required=True)
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Raw(allow_none=True)
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+class LimitsOutSchema(Schema):
+    timeout = fields.Float()
+    memory_mb = fields.Integer()
+    cpus = fields.Float()
+
+
+class JobSchema(Schema):
+    job_id = fields.String(attribute="id")
+    client = fields.String()
+    status = fields.Function(
+        lambda j: j.status.value,
+        metadata={
+            "enum": [
+                "queued",
+                "running",
+                "succeeded",
+                "failed",
+                "timed_out",
+                "oom_killed",
+                "output_truncated",
+                "build_failed",
+                "cancelled",
+                "internal_error",
+            ]
+        },
+    )
+    message = fields.String()
+    exit_code = fields.Integer(allow_none=True)
+    stdout = fields.Function(lambda j: j.stdout.decode("utf-8", errors="replace"))
+    stderr = fields.Function(lambda j: j.stderr.decode("utf-8", errors="replace"))
+    duration_ms = fields.Integer(allow_none=True)
+    limits = fields.Function(lambda j: j.limits.as_dict(), metadata={"type": "object"})
+    entrypoint = fields.String()
+    created_at = fields.Float()
+    finished_at = fields.Float(allow_none=True)
+    build_log = fields.String()
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    docker = fields.Boolean()
+    base_image = fields.String()
+    base_image_present = fields.Boolean()
+
+
+class AcceptedSchema(Schema):
+    job_id = fields.String()
+    status = fields.String()
+    status_url = fields.String()
+
+
+class JobListSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class PageSchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class DeletedSchema(Schema):
+    job_id = fields.String()
+    result = fields.String(metadata={"enum": ["cancelled", "deleted"]})

@@ -1,0 +1,113 @@
+"""Command line: serve, build the base image, manage clients."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+
+import click
+
+from . import clients as client_keys
+from .config import Settings
+from .errors import RunnerError
+from .services import Services
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Datapane script runner. With no command: serve."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@cli.command()
+def serve() -> None:
+    """Build the base image if missing, remove leftovers of a previous run, and serve HTTP."""
+    from .server import serve_forever
+
+    settings = Settings.from_env()
+    _ensure_base(settings, mode=settings.base_build)
+    serve_forever(settings)
+
+
+@cli.command("build-base")
+@click.option("--offline", is_flag=True, help="Build from a debootstrap rootfs, without any container registry.")
+@click.option("--if-missing", is_flag=True, help="Do nothing when the base image already exists.")
+def build_base(offline: bool, if_missing: bool) -> None:
+    """Build the base image (`FROM python:3.11-slim`, or offline with debootstrap)."""
+    settings = Settings.from_env()
+    _ensure_base(settings, mode="offline" if offline else "online", rebuild=not if_missing)
+
+
+def _ensure_base(settings: Settings, mode: str, rebuild: bool = False) -> None:
+    from .base_image import BaseImageBuildError, base_image_exists, build_base_image
+
+    svc = Services(settings)
+    try:
+        docker = svc.docker.client
+        if not rebuild and base_image_exists(docker, settings.base_image):
+            return
+        offline = mode == "offline"
+        click.echo(f"building base image {settings.base_image} ({'offline' if offline else 'online'})", err=True)
+        try:
+            build_base_image(docker, settings.base_image, offline=offline, log=lambda s: click.echo(s, err=True))
+        except BaseImageBuildError as e:
+            if mode != "auto" or not shutil.which("debootstrap"):
+                raise
+            click.echo(f"online build failed ({e}); building offline with debootstrap", err=True)
+            build_base_image(docker, settings.base_image, offline=True, log=lambda s: click.echo(s, err=True))
+    except (RunnerError, BaseImageBuildError) as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        svc.close()
+
+
+@cli.group()
+def clients() -> None:
+    """Register clients and manage their API keys."""
+
+
+@clients.command("create")
+@click.argument("name")
+def clients_create(name: str) -> None:
+    """Register NAME and print its new API key on the last line."""
+    svc = Services(Settings.from_env())
+    try:
+        key = client_keys.create_client(svc.store, name)
+    except RunnerError as e:
+        raise click.ClickException(e.message) from e
+    finally:
+        svc.close()
+    click.echo(f"client {name} created; its API key (shown once):", err=True)
+    click.echo(key)
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """List clients and whether their key is active."""
+    svc = Services(Settings.from_env())
+    try:
+        for c in client_keys.list_clients(svc.store):
+            click.echo(f"{c.name}\t{'revoked' if c.revoked_at else 'active'}")
+    finally:
+        svc.close()
+
+
+@clients.command("revoke")
+@click.argument("name")
+def clients_revoke(name: str) -> None:
+    """Revoke NAME's key at once."""
+    svc = Services(Settings.from_env())
+    try:
+        if not client_keys.revoke_client(svc.store, name):
+            raise click.ClickException(f"no active client {name!r}")
+    finally:
+        svc.close()
+    click.echo(f"client {name} revoked")
+
+
+def main() -> None:
+    sys.exit(cli())

@@ -1,0 +1,78 @@
+"""Settings, read from the environment in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; `Settings.from_env()` reads them, tests pass overrides."""
+
+    host: str = _setting("HOST", "127.0.0.1", "Address the HTTP server binds to.")
+    port: int = _setting("PORT", 5000, "Port the HTTP server listens on.")
+    data_dir: Path = _setting("RUNNER_DATA_DIR", Path("./data"), "Where the job database lives.")
+    docker_url: str = _setting(
+        "RUNNER_DOCKER_URL", "", "Docker engine URL; empty means DOCKER_HOST or the local socket."
+    )
+    base_image: str = _setting("RUNNER_BASE_IMAGE", "datapane-py-slim:latest", "Tag of the base image.")
+    base_build: str = _setting(
+        "RUNNER_BASE_BUILD", "auto", "How to build a missing base image: online, offline (debootstrap) or auto."
+    )
+    image_prefix: str = _setting("RUNNER_IMAGE_PREFIX", "datapane-run", "Repository prefix of client images.")
+    instance: str = _setting(
+        "RUNNER_INSTANCE", "default", "Name on this service's containers; leftovers are removed at start."
+    )
+    timeout_s: float = _setting("RUNNER_TIMEOUT_S", 30.0, "Default wall-clock limit of a run, in seconds.")
+    max_timeout_s: float = _setting("RUNNER_MAX_TIMEOUT_S", 300.0, "Largest `timeout` a request may ask for.")
+    memory_mb: int = _setting("RUNNER_MEMORY_MB", 256, "Default memory limit of a run (no swap), in MiB.")
+    max_memory_mb: int = _setting("RUNNER_MAX_MEMORY_MB", 1024, "Largest `memory_mb` a request may ask for.")
+    cpus: float = _setting("RUNNER_CPUS", 1.0, "Default CPU limit of a run, in cores.")
+    max_cpus: float = _setting("RUNNER_MAX_CPUS", 2.0, "Largest `cpus` a request may ask for.")
+    pids_limit: int = _setting("RUNNER_PIDS_LIMIT", 64, "Processes and threads a run may have.")
+    tmpfs_mb: int = _setting("RUNNER_TMPFS_MB", 64, "Size of each writable scratch tmpfs (/sandbox, /tmp), in MiB.")
+    max_output_bytes: int = _setting("RUNNER_MAX_OUTPUT_BYTES", 1_048_576, "Output kept per run; more kills the run.")
+    max_file_bytes: int = _setting("RUNNER_MAX_FILE_BYTES", 1_048_576, "Largest uploaded file or JSON `code`.")
+    max_files: int = _setting("RUNNER_MAX_FILES", 20, "Most files in one request.")
+    max_body_bytes: int = _setting("RUNNER_MAX_BODY_BYTES", 8_388_608, "Largest request body (413 above).")
+    threads: int = _setting("RUNNER_HTTP_THREADS", 16, "HTTP server threads (concurrent requests).")
+    workers: int = _setting("RUNNER_WORKERS", 2, "Runs executed at the same time.")
+    queue_size: int = _setting("RUNNER_QUEUE_SIZE", 32, "Jobs waiting or running at once; more gets 429.")
+    client_queue_limit: int = _setting("RUNNER_CLIENT_QUEUE_LIMIT", 8, "Jobs one client may have waiting or running.")
+    retention_s: float = _setting("RUNNER_RETENTION_S", 7 * 24 * 3600.0, "How long finished jobs are kept, in seconds.")
+    build_timeout_s: float = _setting("RUNNER_BUILD_TIMEOUT_S", 600.0, "Longest a client image build may take.")
+    build_memory_mb: int = _setting("RUNNER_BUILD_MEMORY_MB", 1024, "Memory limit of image builds, in MiB.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from `env` (default: os.environ); keyword overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw not in (None, ""):
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, Any, str]]:
+        """(env var, default, doc) of every setting, for the README and `run.py settings`."""
+        return [(f.metadata["env"], f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+
+
+def _convert(name: str, type_name: str, raw: str) -> Any:
+    converters = {"int": int, "float": float, "Path": Path, "str": str}
+    try:
+        return converters[type_name](raw)
+    except ValueError as e:
+        raise ValueError(f"setting {name}: cannot read {raw!r} as {type_name}") from e

@@ -1,0 +1,89 @@
+"""The one error tree of the service, and its single mapping to JSON HTTP responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+class RunnerError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+class ValidationFailed(RunnerError):
+    status, code = 400, "validation_failed"
+
+
+class Unauthorized(RunnerError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(RunnerError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(RunnerError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(RunnerError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(RunnerError):
+    status, code = 415, "unsupported_media_type"
+
+
+class QueueFull(RunnerError):
+    status, code = 429, "queue_full"
+
+
+class DockerUnavailable(RunnerError):
+    status, code = 503, "docker_unavailable"
+
+
+class BuildFailed(RunnerError):
+    """An image could not be built; `details` holds the failing requirement and the log tail."""
+
+    status, code = 500, "build_failed"
+
+
+class SandboxError(RunnerError):
+    """Docker refused or broke during a run."""
+
+    status, code = 500, "sandbox_error"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON shape of every error response."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map RunnerError, HTTPException and anything unexpected to the same JSON shape."""
+
+    @app.errorhandler(RunnerError)
+    def _runner_error(e: RunnerError):  # type: ignore[no-untyped-def]
+        return jsonify(error_body(e.code, e.message, e.details)), e.status, e.headers
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException):  # type: ignore[no-untyped-def]
+        code = (e.name or "error").lower().replace(" ", "_")
+        headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
+        return jsonify(error_body(code, e.description or e.name)), e.code or 500, headers
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception):  # type: ignore[no-untyped-def]
+        app.logger.exception("unhandled error")
+        return jsonify(error_body("internal_error", "The service failed unexpectedly; it has been logged.")), 500

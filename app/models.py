@@ -1,0 +1,98 @@
+"""Typed values passed between the layers: limits, run specs, outcomes, jobs."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Status(enum.StrEnum):
+    """Where a job is, or how it ended."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    OOM_KILLED = "oom_killed"
+    OUTPUT_TRUNCATED = "output_truncated"
+    BUILD_FAILED = "build_failed"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one run."""
+
+    timeout_s: float
+    memory_mb: int
+    cpus: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"timeout": self.timeout_s, "memory_mb": self.memory_mb, "cpus": self.cpus}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a client asked to run: validated files, the entry point and the limits."""
+
+    client: str
+    files: dict[str, bytes]
+    entrypoint: str
+    limits: Limits
+    requirements: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What Docker says about a finished container (never what the script printed)."""
+
+    exit_code: int | None
+    oom_killed: bool
+    timed_out: bool
+    output_truncated: bool
+    cancelled: bool = False
+
+    @property
+    def status(self) -> Status:
+        if self.cancelled:
+            return Status.CANCELLED
+        if self.timed_out:
+            return Status.TIMED_OUT
+        if self.oom_killed:
+            return Status.OOM_KILLED
+        if self.output_truncated:
+            return Status.OUTPUT_TRUNCATED
+        return Status.SUCCEEDED if self.exit_code == 0 else Status.FAILED
+
+
+@dataclass
+class Job:
+    """One run as recorded in the store."""
+
+    id: str
+    client: str
+    status: Status
+    limits: Limits
+    entrypoint: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    output: bytes = b""
+    build_log: str = ""
+    message: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at) * 1000)

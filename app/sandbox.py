@@ -1,0 +1,207 @@
+"""Running one script in a fresh, locked-down, single-use container."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+from docker.utils.socket import frames_iter
+
+from .errors import SandboxError
+from .models import Limits, RunOutcome
+
+LABEL = "io.datapane.runner"
+WORKDIR = "/sandbox"
+SANDBOX_UID = SANDBOX_GID = 1000  # the `python` user of the base image
+
+# Runs inside the container as its first process: reads one length-prefixed JSON message
+# (the files and the entry point) from stdin, writes the files to the scratch tmpfs and
+# replaces itself with the script. Files never touch the host's disk.
+AGENT = f"""
+import base64, json, os, sys
+size = int(sys.stdin.buffer.readline())
+job = json.loads(sys.stdin.buffer.read(size))
+for name, data in job["files"].items():
+    with open(os.path.join({WORKDIR!r}, name), "xb") as f:
+        f.write(base64.b64decode(data))
+os.chdir({WORKDIR!r})
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.execv(sys.executable, [sys.executable, job["entrypoint"]])
+"""
+
+OutputSink = Callable[[int, bytes], None]
+"""Receives (stream, data) chunks: stream 1 is stdout, 2 is stderr."""
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """Limits every run gets regardless of the request."""
+
+    pids_limit: int
+    tmpfs_mb: int
+    max_output_bytes: int
+    instance: str
+
+
+def container_labels(instance: str, **extra: str) -> dict[str, str]:
+    """Labels that let a later start find and remove leftovers of this service."""
+    return {LABEL: "1", f"{LABEL}.instance": instance, **{f"{LABEL}.{k}": v for k, v in extra.items()}}
+
+
+def encode_payload(files: dict[str, bytes], entrypoint: str) -> bytes:
+    """The message the agent reads from stdin."""
+    body = json.dumps(
+        {"files": {n: base64.b64encode(d).decode() for n, d in files.items()}, "entrypoint": entrypoint}
+    ).encode()
+    return str(len(body)).encode() + b"\n" + body
+
+
+class Run:
+    """One container's life: create, feed, stream, judge, remove. Use as a context manager."""
+
+    def __init__(
+        self, client: docker.DockerClient, image: str, limits: Limits, policy: SandboxPolicy, labels: dict[str, str]
+    ) -> None:
+        self._api = client.api
+        self._limits = limits
+        self._policy = policy
+        self._timed_out = threading.Event()
+        self._killed_for_output = False
+        self._cancelled = threading.Event()
+        self.container_id: str | None = None
+        try:
+            self.container_id = self._api.create_container(
+                image,
+                command=["python", "-I", "-c", AGENT],
+                user=f"{SANDBOX_UID}:{SANDBOX_GID}",
+                working_dir=WORKDIR,
+                stdin_open=True,
+                network_disabled=True,
+                labels=container_labels(policy.instance, **labels),
+                environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},
+                host_config=self._host_config(),
+            )["Id"]
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"Docker could not create the container: {e}") from e
+
+    def _host_config(self) -> dict:
+        mem = f"{self._limits.memory_mb}m"
+        # Docker adds nodev itself; naming it here makes Docker drop the mode option.
+        scratch = f"rw,noexec,nosuid,size={self._policy.tmpfs_mb}m"
+        return self._api.create_host_config(
+            mem_limit=mem,
+            memswap_limit=mem,
+            nano_cpus=int(self._limits.cpus * 1e9),
+            pids_limit=self._policy.pids_limit,
+            network_mode="none",
+            read_only=True,
+            tmpfs={WORKDIR: f"{scratch},uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700", "/tmp": f"{scratch},mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            ipc_mode="private",
+            log_config={"type": "none", "config": {}},
+            ulimits=[docker.types.Ulimit(name="nofile", soft=256, hard=256)],
+        )
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def execute(self, files: dict[str, bytes], entrypoint: str, sink: OutputSink) -> RunOutcome:
+        """Start the container, hand it the files, forward its output to `sink` until it exits."""
+        try:
+            sock = self._api.attach_socket(
+                self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            self._api.start(self.container_id)
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"Docker could not start the container: {e}") from e
+        watchdog = threading.Timer(self._limits.timeout_s, self._on_timeout)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            _send_all(sock, encode_payload(files, entrypoint))
+            self._forward(sock, sink)
+            return self._judge()
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"Docker failed during the run: {e}") from e
+        finally:
+            watchdog.cancel()
+            _close(sock)
+
+    def _forward(self, sock, sink: OutputSink) -> None:  # type: ignore[no-untyped-def]
+        budget = self._policy.max_output_bytes
+        for stream, data in frames_iter(sock, tty=False):
+            kept = data[: max(budget, 0)]
+            if kept:
+                budget -= len(kept)
+                sink(stream, kept)
+            if len(kept) < len(data) and not self._killed_for_output:
+                self._killed_for_output = True
+                # Kill from another thread: Docker waits for the output to drain before the kill returns.
+                threading.Thread(target=self.kill, daemon=True).start()
+
+    def _judge(self) -> RunOutcome:
+        state = self._api.wait(self.container_id, timeout=30)
+        info = self._api.inspect_container(self.container_id)["State"]
+        return RunOutcome(
+            exit_code=state.get("StatusCode"),
+            oom_killed=bool(info.get("OOMKilled")),
+            timed_out=self._timed_out.is_set(),
+            output_truncated=self._killed_for_output,
+            cancelled=self._cancelled.is_set(),
+        )
+
+    def _on_timeout(self) -> None:
+        self._timed_out.set()
+        self.kill()
+
+    def cancel(self) -> None:
+        """Stop the run at once; its outcome says cancelled."""
+        self._cancelled.set()
+        self.kill()
+
+    def kill(self) -> None:
+        with contextlib.suppress(docker.errors.DockerException):  # already stopped or gone
+            self._api.kill(self.container_id)
+
+    def remove(self) -> None:
+        if self.container_id is None:
+            return
+        try:
+            self._api.remove_container(self.container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"Docker could not remove container {self.container_id[:12]}: {e}") from e
+
+
+def _send_all(sock, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    getattr(sock, "_sock", sock).sendall(data)
+
+
+def _close(sock) -> None:  # type: ignore[no-untyped-def]
+    sock.close()
+    raw = getattr(sock, "_sock", None)
+    if raw is not None:
+        raw.close()
+
+
+def remove_leftovers(client: docker.DockerClient, instance: str) -> int:
+    """Remove every container this service instance left behind (after a crash); return how many."""
+    try:
+        found = client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
+        for c in found:
+            client.api.remove_container(c["Id"], force=True, v=True)
+    except docker.errors.DockerException as e:
+        raise SandboxError(f"Docker could not list or remove leftover containers: {e}") from e
+    return len(found)

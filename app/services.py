@@ -1,0 +1,62 @@
+"""The composition root: the long-lived objects one app instance uses, built lazily."""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+from flask import current_app
+
+from .config import Settings
+from .docker_access import DockerGateway
+from .executor import JobExecutor, ThreadJobExecutor
+from .outputs import OutputHub
+from .sandbox import SandboxPolicy
+from .store import Store
+
+EXTENSION = "runner"
+
+
+class Services:
+    """Settings, Docker, the store, the executor and live outputs of one app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.docker = DockerGateway(settings.docker_url, pool_size=settings.threads + 2 * settings.workers + 4)
+        self.outputs = OutputHub()
+        self.policy = SandboxPolicy(
+            pids_limit=settings.pids_limit,
+            tmpfs_mb=settings.tmpfs_mb,
+            max_output_bytes=settings.max_output_bytes,
+            instance=settings.instance,
+        )
+        self._lock = threading.Lock()
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.data_dir / "runner.sqlite3")
+
+    @cached_property
+    def executor(self) -> JobExecutor:
+        from .jobs import execute_job  # jobs imports this module for typing only
+
+        s = self.settings
+        return ThreadJobExecutor(
+            lambda job_id, spec, token: execute_job(self, job_id, spec, token),
+            workers=s.workers,
+            queue_size=s.queue_size,
+            client_limit=s.client_queue_limit,
+        )
+
+    def close(self, wait: bool = False) -> None:
+        """Stop the executor (cancelling or finishing jobs), then release Docker and the store."""
+        if "executor" in self.__dict__:
+            self.executor.shutdown(wait=wait)
+        self.docker.close()
+        if "store" in self.__dict__:
+            self.store.close()
+
+
+def services() -> Services:
+    """The Services of the current app."""
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,194 @@
+"""Jobs as their owner sees them, and as nobody else can: async runs, status, output, list, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import docker
+import pytest
+
+from app.jobs import purge_expired, recover_interrupted
+from app.models import Job, Limits, Status
+from app.services import EXTENSION
+from tests.conftest import Api
+
+
+def wait_done(api: Api, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = api.get(f"/status/{job_id}").json
+        if body["status"] not in ("queued", "running"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_async_run_answers_202_and_status_reaches_succeeded(api: Api) -> None:
+    r = api.run_json(['print("hello world")'], query="?async=1")
+    assert r.status_code == 202
+    job_id = r.json["job_id"]
+    assert r.headers["Location"] == r.json["status_url"]
+    assert r.json["status_url"].endswith(f"/status/{job_id}")
+    body = wait_done(api, job_id)
+    assert body["status"] == "succeeded"
+    assert body["stdout"] == "hello world\n"
+    assert api.get(f"/status/{job_id}/output").data == b"hello world\n"
+
+
+def test_output_of_a_running_job_streams_live(api: Api) -> None:
+    r = api.run_json(["import time", "print('first')", "time.sleep(3)", "print('second')"], query="?async=1")
+    job_id = r.json["job_id"]
+    stream = api.http.get(f"/status/{job_id}/output", headers=api.headers(), buffered=False)
+    chunks = iter(stream.response)
+    assert next(chunks) == b"first\n"
+    assert api.app.extensions[EXTENSION].store.get_job(job_id).status is Status.RUNNING
+    assert b"".join(chunks) == b"second\n"
+    stream.close()
+
+
+def test_other_clients_job_is_404_on_every_endpoint(api: Api) -> None:
+    job_id = api.run_json(['print("secret")']).json["job_id"]
+    other = Api(api.app, "other-client")
+    for path in (f"/status/{job_id}", f"/status/{job_id}/output"):
+        r = other.get(path)
+        assert r.status_code == 404
+        assert r.json["error"]["code"] == "not_found"
+    assert other.delete(f"/jobs/{job_id}").status_code == 404
+    assert other.get("/jobs").json["jobs"] == []
+    assert api.get(f"/status/{job_id}").json["stdout"] == "secret\n"
+
+
+def test_jobs_lists_own_jobs_newest_first_with_paging(api: Api) -> None:
+    ids = [api.run_json(f"print({i})").json["job_id"] for i in range(3)]
+    page = api.get("/jobs?limit=2").json
+    assert [j["job_id"] for j in page["jobs"]] == ids[::-1][:2]
+    assert page["total"] == 3
+    assert [j["job_id"] for j in api.get("/jobs?limit=2&offset=2").json["jobs"]] == ids[:1]
+    assert api.get("/jobs?limit=1000").status_code == 400
+
+
+def test_delete_cancels_a_running_job_and_kills_its_container(api: Api, docker_client: docker.DockerClient) -> None:
+    job_id = api.run_json(["import time", "print('started', flush=True)", "time.sleep(60)"], query="?async=1").json[
+        "job_id"
+    ]
+    stream = api.http.get(f"/status/{job_id}/output", headers=api.headers(), buffered=False)
+    assert next(iter(stream.response)) == b"started\n"
+    stream.close()
+    label = f"io.datapane.runner.job={job_id}"
+    assert len(docker_client.api.containers(filters={"label": [label]})) == 1
+    r = api.delete(f"/jobs/{job_id}")
+    assert r.json == {"job_id": job_id, "result": "cancelled"}
+    body = wait_done(api, job_id, timeout=20)
+    assert body["status"] == "cancelled"
+    assert docker_client.api.containers(all=True, filters={"label": [label]}) == []
+
+
+def test_delete_removes_a_finished_job(api: Api) -> None:
+    job_id = api.run_json("print(1)").json["job_id"]
+    assert api.delete(f"/jobs/{job_id}").json["result"] == "deleted"
+    assert api.get(f"/status/{job_id}").status_code == 404
+
+
+def test_queue_full_answers_429_with_retry_after(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(base_image=base_image, workers=1, queue_size=2, client_queue_limit=2))
+    sleeper = ["import time", "time.sleep(30)"]
+    ids = [api.run_json(sleeper, query="?async=1").json["job_id"] for _ in range(2)]
+    r = api.run_json(sleeper, query="?async=1")
+    assert r.status_code == 429
+    assert r.headers["Retry-After"]
+    assert r.json["error"]["code"] == "queue_full"
+    for job_id in ids:
+        api.delete(f"/jobs/{job_id}")
+
+
+def test_one_client_cannot_fill_the_whole_queue(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(base_image=base_image, workers=1, queue_size=4, client_queue_limit=1)
+    greedy, polite = Api(app, "greedy"), Api(app, "polite")
+    sleeper = ["import time", "time.sleep(30)"]
+    first = greedy.run_json(sleeper, query="?async=1").json["job_id"]
+    r = greedy.run_json(sleeper, query="?async=1")
+    assert r.status_code == 429
+    assert "per client" in r.json["error"]["message"]
+    other = polite.run_json("print('still served')", query="?async=1")
+    assert other.status_code == 202
+    greedy.delete(f"/jobs/{first}")
+    assert wait_done(polite, other.json["job_id"])["stdout"] == "still served\n"
+
+
+def test_results_survive_an_app_restart(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    first = Api(make_app(base_image=base_image))
+    job_id = first.run_json(['print("kept")']).json["job_id"]
+    first.app.extensions[EXTENSION].close(wait=True)
+    second = make_app(base_image=base_image)
+    again = Api.__new__(Api)
+    again.app, again.name, again.key, again.http = second, first.name, first.key, second.test_client()
+    body = again.get(f"/status/{job_id}").json
+    assert (body["status"], body["stdout"]) == ("succeeded", "kept\n")
+
+
+def test_job_interrupted_by_a_stop_is_marked_at_next_start(app) -> None:  # type: ignore[no-untyped-def]
+    svc = app.extensions[EXTENSION]
+    job = Job(
+        id="j1",
+        client="c",
+        status=Status.RUNNING,
+        limits=Limits(1, 64, 1),
+        entrypoint="main.py",
+        created_at=time.time(),
+    )
+    svc.store.save_job(job)
+    assert recover_interrupted(svc) == 1
+    stored = svc.store.get_job("j1")
+    assert stored.status is Status.INTERNAL_ERROR
+    assert "stopped before this job ended" in stored.message
+
+
+def test_expired_results_are_deleted(app) -> None:  # type: ignore[no-untyped-def]
+    svc = app.extensions[EXTENSION]
+    now = time.time()
+    old = Job(
+        id="old",
+        client="c",
+        status=Status.SUCCEEDED,
+        limits=Limits(1, 64, 1),
+        entrypoint="main.py",
+        created_at=now - 10,
+        finished_at=now - svc.settings.retention_s - 1,
+    )
+    new = Job(
+        id="new",
+        client="c",
+        status=Status.SUCCEEDED,
+        limits=Limits(1, 64, 1),
+        entrypoint="main.py",
+        created_at=now,
+        finished_at=now,
+    )
+    svc.store.save_job(old)
+    svc.store.save_job(new)
+    assert purge_expired(svc, now=now, force=True) == 1
+    assert svc.store.get_job("old") is None
+    assert svc.store.get_job("new") is not None
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/status/x", "/status/x/output"])
+def test_missing_or_wrong_key_is_401_with_how_to_get_one(app, path: str) -> None:  # type: ignore[no-untyped-def]
+    http = app.test_client()
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        r = http.get(path, headers=headers)
+        assert r.status_code == 401
+        assert "clients create" in r.json["error"]["message"]
+
+
+def test_revoked_key_stops_working_at_once(app) -> None:  # type: ignore[no-untyped-def]
+    api = Api(app, "soon-gone")
+    assert api.get("/jobs").status_code == 200
+    app.extensions[EXTENSION].store.revoke_client("soon-gone")
+    assert api.get("/jobs").status_code == 401
+
+
+def test_naming_another_client_in_the_body_is_403(app) -> None:  # type: ignore[no-untyped-def]
+    api = Api(app, "me")
+    r = api.run_json("print(1)", client="someone-else")
+    assert r.status_code == 403
+    assert r.json["error"]["code"] == "forbidden"

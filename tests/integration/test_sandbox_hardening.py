@@ -1,0 +1,124 @@
+"""What a script can and cannot do inside its container, checked from inside a real one."""
+
+from __future__ import annotations
+
+import docker
+
+from tests.conftest import Api
+
+
+def run_ok(api: Api, code: str, **fields: object) -> str:
+    r = api.run_json(code, **fields)
+    assert r.json["status"] == "succeeded", r.json
+    return r.json["stdout"]
+
+
+def test_script_runs_as_non_root_python_user(api: Api) -> None:
+    out = run_ok(api, "import os, pwd; print(os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name)")
+    assert out == "1000 1000 python\n"
+
+
+def test_network_is_unreachable(api: Api) -> None:
+    code = """
+import socket
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=2)
+    print("connected")
+except OSError as e:
+    print("blocked", type(e).__name__)
+print(sorted(i[1] for i in socket.if_nameindex()))
+"""
+    out = run_ok(api, code)
+    assert out.startswith("blocked")
+    assert out.splitlines()[1] == "['lo']"
+
+
+def test_root_filesystem_is_read_only(api: Api) -> None:
+    code = """
+for path in ("/etc/evil", "/home/python/evil", "/opt/venv/evil"):
+    try:
+        open(path, "w").write("x")
+        print(path, "writable")
+    except OSError as e:
+        print(path, "denied")
+"""
+    assert "writable" not in run_ok(api, code)
+
+
+def test_scratch_space_is_small_and_noexec(api: Api) -> None:
+    code = """
+import os, subprocess
+open("/tmp/s.sh", "w").write("#!/bin/sh\\necho ran\\n"); os.chmod("/tmp/s.sh", 0o755)
+try:
+    subprocess.run(["/tmp/s.sh"], check=True); print("exec allowed")
+except PermissionError:
+    print("exec denied")
+try:
+    open("/tmp/big", "wb").write(b"x" * (200 * 1024 * 1024)); print("wrote 200MB")
+except OSError:
+    print("scratch full")
+"""
+    out = run_ok(api, code, memory_mb=512)
+    assert out == "exec denied\nscratch full\n"
+
+
+def test_no_capabilities_and_no_new_privileges(api: Api) -> None:
+    code = """
+for line in open("/proc/self/status"):
+    if line.startswith(("CapEff", "CapBnd", "NoNewPrivs")):
+        print(line.split()[0], line.split()[1])
+"""
+    out = run_ok(api, code)
+    assert "CapEff: 0000000000000000" in out
+    assert "CapBnd: 0000000000000000" in out
+    assert "NoNewPrivs: 1" in out
+
+
+def test_fork_bomb_is_contained_by_pids_limit(api: Api) -> None:
+    code = """
+import os
+n = 0
+try:
+    for _ in range(500):
+        if os.fork() == 0:
+            import time; time.sleep(30); os._exit(0)
+        n += 1
+except OSError:
+    pass
+print("forked", n)
+os._exit(0)
+"""
+    r = api.run_json(code, timeout=10)
+    forked = int(r.json["stdout"].split()[1])
+    assert forked < 64
+
+
+def test_memory_and_cpu_limits_are_applied(api: Api, docker_client: docker.DockerClient) -> None:
+    code = """
+import os
+def read(*paths):
+    for p in paths:
+        if os.path.exists(p):
+            return open(p).read().strip()
+print(read("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+print(read("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+"""
+    mem, cpu = run_ok(api, code, memory_mb=100, cpus=0.5).split("\n")[:2]
+    assert int(mem) == 100 * 1024 * 1024
+    assert cpu.split()[0] in ("50000",)
+
+
+def test_each_run_gets_a_fresh_container(api: Api) -> None:
+    code = "import os, socket; print(socket.gethostname(), os.listdir('/tmp')); open('/tmp/mark', 'w').write('x')"
+    first, second = run_ok(api, code), run_ok(api, code)
+    assert first.split()[0] != second.split()[0]
+    assert "[]" in second
+
+
+def test_no_container_is_left_after_runs(api: Api, docker_client: docker.DockerClient) -> None:
+    run_ok(api, "print(1)")
+    api.run_json("raise SystemExit(1)")
+    api.run_json("while True: pass", timeout=0.5)
+    instance = api.app.extensions["runner"].settings.instance
+    left = docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.instance={instance}"]})
+    assert left == []

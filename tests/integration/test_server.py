@@ -1,0 +1,158 @@
+"""The service as a user runs it: `python run.py` behind gunicorn, keys from `run.py clients create`."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) -> Iterator[tuple[int, str, dict]]:
+    port = _free_port()
+    instance = f"test-srv-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "RUNNER_DATA_DIR": str(tmp_path),
+        "RUNNER_INSTANCE": instance,
+        "RUNNER_BASE_IMAGE": base_image,
+        "RUNNER_IMAGE_PREFIX": "datapane-run-test",
+    }
+    made = subprocess.run(
+        [sys.executable, "run.py", "clients", "create", "test-client"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    proc = subprocess.Popen(
+        [sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+    yield port, key, env
+    proc.terminate()
+    proc.wait(timeout=60)
+    left = docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.instance={instance}"]})
+    assert left == []
+
+
+def test_served_stream_delivers_first_line_before_the_script_ends(server) -> None:  # type: ignore[no-untyped-def]
+    port, key, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps(
+        {
+            "script_name": "main.py",
+            "client": "test-client",
+            "code": ["import time", "print('first')", "time.sleep(2)", "print('second')"],
+        }
+    )
+    conn.request(
+        "POST", "/run-json", body=body, headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Transfer-Encoding") == "chunked"
+    started = time.monotonic()
+    first = resp.readline()
+    first_at = time.monotonic() - started
+    rest = resp.read()
+    total = time.monotonic() - started
+    assert first == b"first\n"
+    assert rest == b"second\n"
+    assert first_at < total - 1  # the first line came a whole sleep before the end
+
+
+def test_seed_curl_examples_work_with_a_key(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port, key, _ = server
+    main = tmp_path / "main.py"
+    main.write_text("print('hello from a file')\n")
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--location",
+            "--request",
+            "POST",
+            f"http://localhost:{port}/run-file",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "--form",
+            f'files[]=@"{main}"',
+            "--form",
+            'client="test-client"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == "hello from a file\n"
+    body = json.dumps(
+        {
+            "script_name": "main.py",
+            "client": "test-client",
+            "code": [
+                "import flask, marshmallow, os, zipp, docker,time",
+                'print("hello world")',
+                'os.chdir("/")',
+                "print(os.getcwd())",
+                'print("goodbye world")',
+            ],
+        }
+    )
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--location",
+            "--request",
+            "POST",
+            f"http://localhost:{port}/run-json",
+            "--header",
+            "Content-Type: application/json",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "--data-raw",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == "hello world\n/\ngoodbye world\n"
+
+
+def test_healthz_is_public_and_ok(server) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/healthz")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert json.loads(resp.read())["base_image_present"] is True

@@ -1,0 +1,135 @@
+"""Bad input gets a clear JSON 4xx and changes nothing; no Docker needed."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from app.services import EXTENSION
+from tests.conftest import Api
+
+
+@pytest.fixture
+def api(app) -> Api:  # type: ignore[no-untyped-def]
+    return Api(app)
+
+
+def post_files(api: Api, files: list[tuple[bytes, str]], **form: str):  # type: ignore[no-untyped-def]
+    data = {"files[]": [(io.BytesIO(c), n) for c, n in files], **form}
+    return api.http.post("/run-file", data=data, headers=api.headers())
+
+
+def assert_error(r, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.data
+    assert r.mimetype == "application/json"
+    assert set(r.json) == {"error"}
+    assert r.json["error"]["code"] == code
+    assert r.json["error"]["message"]
+    return r.json["error"]
+
+
+def no_jobs_recorded(api: Api) -> bool:
+    return api.app.extensions[EXTENSION].store.count_jobs(api.name) == 0
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "/etc/passwd.py", "a b.py", "..", "dir/x.py", "ünï.py", ".py", ""])
+def test_unsafe_file_names_are_refused_not_renamed(api: Api, name: str) -> None:
+    assert_error(post_files(api, [(b"print(1)", name)]), 400, "validation_failed")
+    assert no_jobs_recorded(api)
+
+
+def test_only_python_files_are_accepted(api: Api) -> None:
+    err = assert_error(post_files(api, [(b"x", "notes.txt")]), 400, "validation_failed")
+    assert ".py" in err["message"]
+
+
+def test_json_script_name_is_checked_like_an_upload(api: Api) -> None:
+    r = api.run_json("print(1)", script_name="../../x.py")
+    assert_error(r, 400, "validation_failed")
+
+
+def test_unknown_fields_are_rejected(api: Api) -> None:
+    err = assert_error(api.run_json("print(1)", colour="blue"), 400, "validation_failed")
+    assert "colour" in err["details"]
+    err = assert_error(post_files(api, [(b"print(1)", "main.py")], colour="blue"), 400, "validation_failed")
+    assert "colour" in err["details"]
+
+
+def test_missing_code_and_wrong_types_are_explained(api: Api) -> None:
+    r = api.http.post("/run-json", json={"script_name": "main.py"}, headers=api.headers())
+    assert "code" in assert_error(r, 400, "validation_failed")["details"]
+    err = assert_error(api.run_json([1, 2]), 400, "validation_failed")
+    assert "code" in err["details"]
+    err = assert_error(api.run_json("print(1)", timeout="soon"), 400, "validation_failed")
+    assert "timeout" in err["details"]
+
+
+@pytest.mark.parametrize("client", ["Test-Client", "a/b", "x" * 64, "-a", "a--b", "a b"])
+def test_client_must_be_a_safe_slug(api: Api, client: str) -> None:
+    assert_error(api.run_json("print(1)", client=client), 400, "validation_failed")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "maximum"), [("timeout", 301, "300"), ("memory_mb", 4096, "1024"), ("cpus", 8, "2")]
+)
+def test_limits_above_the_server_maximum_are_refused_naming_it(
+    api: Api, field: str, value: float, maximum: str
+) -> None:
+    err = assert_error(api.run_json("print(1)", **{field: value}), 400, "validation_failed")
+    assert maximum in err["details"][field][0]
+
+
+def test_non_positive_limits_are_refused(api: Api) -> None:
+    for field in ("timeout", "memory_mb", "cpus"):
+        assert_error(api.run_json("print(1)", **{field: 0}), 400, "validation_failed")
+
+
+def test_oversized_file_is_413(make_app) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(max_file_bytes=100))
+    assert_error(post_files(api, [(b"#" * 101, "main.py")]), 413, "payload_too_large")
+    assert_error(api.run_json("#" * 101), 413, "payload_too_large")
+
+
+def test_too_many_files_is_413(make_app) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(max_files=2))
+    files = [(b"", f"m{i}.py") for i in range(3)]
+    assert_error(post_files(api, files), 413, "payload_too_large")
+
+
+def test_oversized_body_is_413_json(make_app) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(max_body_bytes=1000))
+    assert_error(post_files(api, [(b"#" * 2000, "main.py")]), 413, "request_entity_too_large")
+
+
+def test_wrong_content_types_are_415(api: Api) -> None:
+    assert_error(
+        api.http.post("/run-json", data="x", headers=api.headers({"Content-Type": "text/plain"})),
+        415,
+        "unsupported_media_type",
+    )
+    assert_error(api.http.post("/run-file", json={}, headers=api.headers()), 415, "unsupported_media_type")
+
+
+def test_malformed_json_is_400(api: Api) -> None:
+    r = api.http.post("/run-json", data="{nope", headers=api.headers({"Content-Type": "application/json"}))
+    assert_error(r, 400, "validation_failed")
+
+
+def test_several_files_without_main_need_an_entrypoint(api: Api) -> None:
+    err = assert_error(post_files(api, [(b"", "a.py"), (b"", "b.py")]), 400, "validation_failed")
+    assert "entrypoint" in err["message"]
+    assert_error(post_files(api, [(b"", "a.py")], entrypoint="zzz.py"), 400, "validation_failed")
+
+
+def test_duplicate_and_missing_files_are_400(api: Api) -> None:
+    assert_error(post_files(api, [(b"", "a.py"), (b"", "a.py")]), 400, "validation_failed")
+    r = api.http.post(
+        "/run-file", data={"client": "test-client"}, content_type="multipart/form-data", headers=api.headers()
+    )
+    assert "No files" in assert_error(r, 400, "validation_failed")["message"]
+
+
+def test_unknown_routes_and_methods_get_json_errors(api: Api) -> None:
+    assert_error(api.http.get("/nope", headers=api.headers()), 404, "not_found")
+    assert_error(api.http.get("/run-json", headers=api.headers()), 405, "method_not_allowed")
