@@ -128,3 +128,11 @@ def settings() -> Settings:
 @pytest.fixture
 def services(app: Flask) -> Services:
     return app.extensions[EXTENSION]
+
+
+def read_line(chunks: Iterator[bytes]) -> bytes:
+    """Read streamed chunks up to the first newline (a print may arrive as two writes)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        line += next(chunks)
+    return line

@@ -10,7 +10,7 @@ import pytest
 from app.jobs import purge_expired, recover_interrupted
 from app.models import Job, Limits, Status
 from app.services import EXTENSION
-from tests.conftest import Api
+from tests.conftest import Api, read_line
 
 
 def wait_done(api: Api, job_id: str, timeout: float = 60) -> dict:
@@ -40,7 +40,7 @@ def test_output_of_a_running_job_streams_live(api: Api) -> None:
     job_id = r.json["job_id"]
     stream = api.http.get(f"/status/{job_id}/output", headers=api.headers(), buffered=False)
     chunks = iter(stream.response)
-    assert next(chunks) == b"first\n"
+    assert read_line(chunks) == b"first\n"
     assert api.app.extensions[EXTENSION].store.get_job(job_id).status is Status.RUNNING
     assert b"".join(chunks) == b"second\n"
     stream.close()
@@ -72,7 +72,7 @@ def test_delete_cancels_a_running_job_and_kills_its_container(api: Api, docker_c
         "job_id"
     ]
     stream = api.http.get(f"/status/{job_id}/output", headers=api.headers(), buffered=False)
-    assert next(iter(stream.response)) == b"started\n"
+    assert read_line(iter(stream.response)) == b"started\n"
     stream.close()
     label = f"io.datapane.runner.job={job_id}"
     assert len(docker_client.api.containers(filters={"label": [label]})) == 1
