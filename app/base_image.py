@@ -8,15 +8,16 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 
 import docker
 import docker.errors
+
+from .wheels import WheelDownloadFailed, download_wheels, wheel_platforms
 
 BASE_LABEL = "io.datapane.runner.base"
 DOCKERFILE_DIR = Path(__file__).resolve().parent.parent / "dockerfiles" / "base"
@@ -28,7 +29,6 @@ ROOTFS_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PYTHON_VERSION = "3.11"
 # What debian:*-slim (python:3.11-slim's base) keeps out of the image, as a dpkg config.
 SLIM_EXCLUDES = (
     "/usr/share/doc/*",
@@ -40,8 +40,6 @@ SLIM_EXCLUDES = (
     "/usr/share/man/*",
 )
 SLIM_INCLUDES = ("/usr/share/doc/*/copyright",)
-GLIBC_MINOR = 36  # bookworm's glibc 2.36, the oldest of both bases: any manylinux_2_{<=36} wheel runs
-_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
 _TAIL_LINES = 30
 _CHROOT_ENV = {"PATH": DEFAULT_PATH, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
 
@@ -79,7 +77,7 @@ def build_base_image(
         context.mkdir()
         for name in ("Dockerfile", "requirements.txt"):
             shutil.copy2(DOCKERFILE_DIR / name, context / name)
-        _download_wheels(context, _wheel_platforms(client), log)
+        _download_wheels(context, _platforms(client), log)
         if offline:
             mirror, security_mirror = _host_mirrors()
             base = _import_rootfs(client, workdir, debian_mirror or mirror, security_mirror, log)
@@ -124,34 +122,20 @@ def _tool(name: str) -> str:
     return shutil.which(name, path=f"{os.environ.get('PATH', '')}:{DEFAULT_PATH}") or name
 
 
-def _wheel_platforms(client: docker.DockerClient) -> list[str]:
-    """pip --platform tags of every manylinux wheel that runs on the engine's architecture and glibc 2.36."""
-    goarch = client.version().get("Arch", "")
-    arch = _ARCHES.get(goarch)
-    if arch is None:
-        raise BaseImageBuildError(f"unsupported Docker engine architecture {goarch!r}")
-    # pip expands neither manylinux_2_X to older X nor to legacy aliases: list them all.
-    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(GLIBC_MINOR, 4, -1)]
-    return tags + [f"manylinux{legacy}_{arch}" for legacy in ("2014", "2010", "1")]
+def _platforms(client: docker.DockerClient) -> list[str]:
+    try:
+        return wheel_platforms(client)
+    except WheelDownloadFailed as e:
+        raise BaseImageBuildError(str(e)) from e
 
 
-def _download_wheels(context: Path, platforms: Iterable[str], log: Log) -> None:
+def _download_wheels(context: Path, platforms: list[str], log: Log) -> None:
     """Download the wheels of requirements.txt (and their dependencies) for CPython 3.11 into context/wheels."""
     log("downloading wheels")
-    _run(
-        [
-            sys.executable, "-m", "pip", "download",
-            "--disable-pip-version-check", "--progress-bar=off",
-            "--dest", str(context / "wheels"),
-            "--only-binary=:all:",
-            "--python-version", PYTHON_VERSION,
-            "--implementation", "cp",
-            "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
-            *(f"--platform={tag}" for tag in platforms),
-            "-r", str(context / "requirements.txt"),
-        ],
-        log,
-    )  # fmt: skip
+    try:
+        download_wheels(context / "requirements.txt", context / "wheels", platforms, log)
+    except WheelDownloadFailed as e:
+        raise BaseImageBuildError(f"{e}\n" + "\n".join(e.tail)) from e
 
 
 def _os_release() -> dict[str, str]:

@@ -1,39 +1,59 @@
-"""Client images: built from the base image with docker-py, cached by tag."""
+"""Client images: the base image plus one dependency set, content-addressed and cached by tag."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
+import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from pathlib import Path
 
 import docker
 import docker.errors
 
+from .deps import ImageEnvironment
 from .errors import BuildFailed, DockerUnavailable
 from .sandbox import LABEL
+from .wheels import WheelDownloadFailed, download_wheels, wheel_platforms
 
 LogSink = Callable[[str], None]
 LOG_TAIL_LINES = 40
+BUILDER_CHATTER = ("--->", "Removing intermediate container", "Successfully built")
+DEPS_DOCKERFILE = """FROM {base}
+USER root
+COPY requirements.txt /tmp/build/requirements.txt
+COPY wheels/ /tmp/build/wheels/
+RUN python -m pip install --no-index --no-cache-dir --find-links /tmp/build/wheels -r /tmp/build/requirements.txt \\
+ && rm -rf /tmp/build
+USER python
+"""
+PROBE = (
+    "import sys, json, importlib.metadata as m; "
+    "print(json.dumps({'stdlib': sorted(sys.stdlib_module_names), 'installed': sorted(m.packages_distributions())}))"
+)
 
-_build_locks: dict[str, threading.Lock] = {}
-_build_locks_guard = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+_environments: dict[str, ImageEnvironment] = {}
 
 
-def deps_key(requirements: Iterable[str]) -> str:
-    """Content address of a dependency set: the same set always gives the same key."""
-    canonical = "\n".join(sorted({r.strip() for r in requirements if r.strip()}))
-    return "nodeps" if not canonical else hashlib.sha256(canonical.encode()).hexdigest()[:24]
+def deps_key(requirements: tuple[str, ...]) -> str:
+    """Content address of a canonical dependency set: the same set always gives the same key."""
+    if not requirements:
+        return "nodeps"
+    return hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:24]
 
 
-def client_image_tag(prefix: str, client: str, key: str) -> str:
+def client_image_tag(prefix: str, client: str, requirements: tuple[str, ...]) -> str:
     """Tag of a client's image for one dependency set."""
-    return f"{prefix}-{client}:{key}"
+    return f"{prefix}-{client}:{deps_key(requirements)}"
 
 
 def base_image_id(client: docker.DockerClient, base: str) -> str:
-    """Id of the base image; raises DockerUnavailable when it is missing."""
+    """Id of the base image. :raises DockerUnavailable: it is missing or Docker does not answer."""
     try:
         return client.api.inspect_image(base)["Id"]
     except docker.errors.ImageNotFound as e:
@@ -42,32 +62,81 @@ def base_image_id(client: docker.DockerClient, base: str) -> str:
         raise DockerUnavailable(f"Docker is not reachable: {e}") from e
 
 
+def base_image_present(client: docker.DockerClient, base: str) -> bool:
+    """True when the base image exists in the engine."""
+    try:
+        client.api.inspect_image(base)
+    except docker.errors.DockerException:
+        return False
+    return True
+
+
+def image_environment(client: docker.DockerClient, base: str, labels: dict[str, str]) -> ImageEnvironment:
+    """What the base image's Python provides, asked of the image itself once per base image id."""
+    base_id = base_image_id(client, base)
+    if base_id not in _environments:
+        container = client.api.create_container(
+            base_id, command=["python", "-I", "-c", PROBE], network_disabled=True, labels=labels,
+            host_config=client.api.create_host_config(network_mode="none", read_only=True, cap_drop=["ALL"]),
+        )  # fmt: skip
+        try:
+            client.api.start(container)
+            client.api.wait(container, timeout=60)
+            found = json.loads(client.api.logs(container, stderr=False))
+        except (docker.errors.DockerException, ValueError) as e:
+            raise DockerUnavailable(f"Could not inspect the base image's Python: {e}") from e
+        finally:
+            client.api.remove_container(container, force=True)
+        _environments[base_id] = ImageEnvironment(frozenset(found["stdlib"]), frozenset(found["installed"]))
+    return _environments[base_id]
+
+
 def ensure_client_image(
     client: docker.DockerClient,
     *,
     base: str,
-    prefix: str,
+    tag: str,
     client_name: str,
+    requirements: tuple[str, ...],
     build_memory_mb: int,
     build_timeout_s: float,
     log: LogSink,
-) -> str:
-    """Return the tag of the client's image, building it from the base only when missing or stale.
+) -> bool:
+    """Make sure `tag` exists, built from the current base with `requirements`; True when it was built now.
 
-    :raises BuildFailed: the build failed; details carry the tail of its log.
+    :raises BuildFailed: details name the failing requirement (if known) and carry the log tail.
     """
     base_id = base_image_id(client, base)
-    tag = client_image_tag(prefix, client_name, deps_key(()))
     with _lock_for(tag):
         if _current(client, tag, base_id):
-            return tag
-        log(f"building image {tag} for client {client_name}")
+            return False
         labels = {LABEL: "1", f"{LABEL}.client": client_name, f"{LABEL}.base-id": base_id}
-        dockerfile = f"FROM {base}\n"
-        _build(
-            client, tag, _context({"Dockerfile": dockerfile.encode()}), labels, build_memory_mb, build_timeout_s, log
-        )
-        return tag
+        with tempfile.TemporaryDirectory(prefix="datapane-build-") as tmp:
+            files = {"Dockerfile": f"FROM {base_id}\n".encode()}
+            if requirements:
+                log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse the image)")
+                files = _deps_context(client, Path(tmp), requirements, base_id, build_timeout_s, log)
+            _build(client, tag, _tar(files), labels, build_memory_mb, build_timeout_s, log)
+        return True
+
+
+def _deps_context(
+    client: docker.DockerClient, tmp: Path, requirements: tuple[str, ...], base_id: str, timeout_s: float, log: LogSink
+) -> dict[str, bytes]:
+    (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    try:
+        download_wheels(tmp / "requirements.txt", tmp / "wheels", wheel_platforms(client), log, timeout_s)
+    except WheelDownloadFailed as e:
+        named = f"Could not install {e.requirement!r}" if e.requirement else "Could not install the requirements"
+        raise BuildFailed(
+            f"{named}: pip found no wheel for it on the package index.",
+            details={"requirement": e.requirement, "log_tail": e.tail},
+        ) from e
+    files = {"Dockerfile": DEPS_DOCKERFILE.format(base=base_id).encode(), "requirements.txt": b""}
+    files["requirements.txt"] = (tmp / "requirements.txt").read_bytes()
+    for wheel in sorted((tmp / "wheels").iterdir()):
+        files[f"wheels/{wheel.name}"] = wheel.read_bytes()
+    return files
 
 
 def _current(client: docker.DockerClient, tag: str, base_id: str) -> bool:
@@ -78,12 +147,12 @@ def _current(client: docker.DockerClient, tag: str, base_id: str) -> bool:
     return labels.get(f"{LABEL}.base-id") == base_id
 
 
-def _context(files: dict[str, bytes]) -> io.BytesIO:
+def _tar(files: dict[str, bytes]) -> io.BytesIO:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
-            info.size = len(data)
+            info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
     return buf
@@ -101,43 +170,29 @@ def _build(
     lines: list[str] = []
     try:
         stream = client.api.build(
-            fileobj=context,
-            custom_context=True,
-            tag=tag,
-            labels=labels,
-            rm=True,
-            forcerm=True,
-            network_mode="none",
-            container_limits={"memory": memory_mb * 2**20, "memswap": memory_mb * 2**20},
-            timeout=timeout_s,
-            decode=True,
-        )
+            fileobj=context, custom_context=True, tag=tag, labels=labels, rm=True, forcerm=True,
+            network_mode="none", container_limits={"memory": memory_mb * 2**20, "memswap": memory_mb * 2**20},
+            timeout=timeout_s, decode=True,
+        )  # fmt: skip
         for entry in stream:
             if "error" in entry:
                 lines.append(entry["error"].rstrip())
                 raise BuildFailed(
                     f"Building image {tag} failed: {entry['error'].strip()}",
-                    details={"log_tail": lines[-LOG_TAIL_LINES:]},
+                    details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},
                 )
             text = entry.get("stream", "").rstrip()
             if text:
                 lines.append(text)
-                log(text)
+                if not text.lstrip().startswith(BUILDER_CHATTER):
+                    log(text)
     except docker.errors.DockerException as e:
         raise BuildFailed(
-            f"Docker could not build image {tag}: {e}", details={"log_tail": lines[-LOG_TAIL_LINES:]}
+            f"Docker could not build image {tag}: {e}",
+            details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},
         ) from e
 
 
 def _lock_for(tag: str) -> threading.Lock:
-    with _build_locks_guard:
-        return _build_locks.setdefault(tag, threading.Lock())
-
-
-def base_image_present(client: docker.DockerClient, base: str) -> bool:
-    """True when the base image exists in the engine."""
-    try:
-        client.api.inspect_image(base)
-    except docker.errors.DockerException:
-        return False
-    return True
+    with _locks_guard:
+        return _locks.setdefault(tag, threading.Lock())

@@ -5,21 +5,23 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from .deps import canonical_set, distributions_for, third_party_imports
 from .errors import BuildFailed, NotFound, RunnerError
 from .executor import CancelToken
-from .images import ensure_client_image
+from .images import client_image_tag, ensure_client_image, image_environment
 from .models import Job, RunOutcome, RunSpec, Status
 from .outputs import OutputChannel
-from .sandbox import Run
+from .sandbox import Run, container_labels
 
 if TYPE_CHECKING:
     from .services import Services
 
 log = logging.getLogger(__name__)
 PROGRESS_PREFIX = "[runner] "
+ProgressLog = Callable[[str], None]
 
 
 def new_job_id() -> str:
@@ -69,25 +71,13 @@ def execute_job(svc: Services, job_id: str, spec: RunSpec, token: CancelToken) -
             build_lines.append(line)
             channel.write(f"{PROGRESS_PREFIX}{line}\n".encode())
 
-        s = svc.settings
-        image = ensure_client_image(
-            svc.docker.client,
-            base=s.base_image,
-            prefix=s.image_prefix,
-            client_name=spec.client,
-            build_memory_mb=s.build_memory_mb,
-            build_timeout_s=s.build_timeout_s,
-            log=progress,
-        )
-        job.build_log = "\n".join(build_lines)
-        with Run(svc.docker.client, image, spec.limits, svc.policy, {"job": job.id, "client": spec.client}) as run:
-            token.on_cancel(run.cancel)
-            job.started_at = time.time()
-            outcome = run.execute(spec.files, spec.entrypoint, recorder.write)
+        try:
+            outcome = _build_and_run(svc, job, spec, token, recorder, progress)
+        finally:
+            job.build_log = "\n".join(build_lines)
         job.finished_at = time.time()
         _finish(job, outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
     except BuildFailed as e:
-        job.build_log = "\n".join((e.details or {}).get("log_tail", []))
         _finish(job, Status.BUILD_FAILED, e.message)
     except RunnerError as e:
         _finish(job, Status.INTERNAL_ERROR, e.message)
@@ -100,6 +90,35 @@ def execute_job(svc: Services, job_id: str, spec: RunSpec, token: CancelToken) -
             svc.store.save_job(job)
         channel.close()
         svc.outputs.discard(job_id)
+
+
+def _build_and_run(
+    svc: Services, job: Job, spec: RunSpec, token: CancelToken, recorder: OutputRecorder, progress: ProgressLog
+) -> RunOutcome:
+    """Ensure the client's image for the run's dependencies, then run the script in a fresh container."""
+    s, docker = svc.settings, svc.docker.client
+    labels = {"job": job.id, "client": spec.client}
+    requirements = resolve_requirements(svc, spec, labels)
+    tag = client_image_tag(s.image_prefix, spec.client, requirements)
+    with svc.images.using(tag):
+        built = ensure_client_image(
+            docker, base=s.base_image, tag=tag, client_name=spec.client, requirements=requirements,
+            build_memory_mb=s.build_memory_mb, build_timeout_s=s.build_timeout_s, log=progress,
+        )  # fmt: skip
+        if built:
+            svc.images.collect(docker)
+        with Run(docker, tag, spec.limits, svc.policy, labels) as run:
+            token.on_cancel(run.cancel)
+            job.started_at = time.time()
+            return run.execute(spec.files, spec.entrypoint, recorder.write)
+
+
+def resolve_requirements(svc: Services, spec: RunSpec, labels: dict[str, str]) -> tuple[str, ...]:
+    """The explicit requirements, else the distributions of the third-party imports; canonical."""
+    if spec.requirements is not None:
+        return canonical_set(spec.requirements)
+    env = image_environment(svc.docker.client, svc.settings.base_image, container_labels(svc.policy.instance, **labels))
+    return canonical_set(distributions_for(third_party_imports(spec.files, env)))
 
 
 def _finish(job: Job, status: Status, message: str, exit_code: int | None = None) -> None:
@@ -181,14 +200,10 @@ def recover_interrupted(svc: Services) -> int:
     return len(jobs)
 
 
-_last_purge = 0.0
-
-
 def purge_expired(svc: Services, now: float | None = None, force: bool = False) -> int:
     """Delete finished jobs older than the retention time (at most once a minute unless forced)."""
-    global _last_purge
     now = time.time() if now is None else now
-    if not force and now - _last_purge < 60:
+    if not force and now - svc.last_purge < 60:
         return 0
-    _last_purge = now
+    svc.last_purge = now
     return svc.store.purge_finished_before(now - svc.settings.retention_s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
 from flask import current_app
@@ -10,6 +9,7 @@ from flask import current_app
 from .config import Settings
 from .docker_access import DockerGateway
 from .executor import JobExecutor, ThreadJobExecutor
+from .image_cache import ImageCache
 from .outputs import OutputHub
 from .sandbox import SandboxPolicy
 from .store import Store
@@ -30,11 +30,16 @@ class Services:
             max_output_bytes=settings.max_output_bytes,
             instance=settings.instance,
         )
-        self._lock = threading.Lock()
+        self.last_purge = 0.0
 
     @cached_property
     def store(self) -> Store:
         return Store(self.settings.data_dir / "runner.sqlite3")
+
+    @cached_property
+    def images(self) -> ImageCache:
+        s = self.settings
+        return ImageCache(self.store, prefix=s.image_prefix, max_images=s.image_cache_size, max_mb=s.image_cache_mb)
 
     @cached_property
     def executor(self) -> JobExecutor:

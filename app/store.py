@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     build_log TEXT NOT NULL, message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_client ON jobs (client, created_at DESC);
+CREATE TABLE IF NOT EXISTS images (tag TEXT PRIMARY KEY, last_used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, revoked_at REAL
 );
@@ -113,6 +114,16 @@ class Store:
         with self._lock:
             cur = self._db.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,))
             return cur.rowcount
+
+    # client images
+    def touch_image(self, tag: str, when: float) -> None:
+        self._exec("INSERT OR REPLACE INTO images (tag, last_used) VALUES (?, ?)", (tag, when))
+
+    def image_last_used(self) -> dict[str, float]:
+        return dict(self._exec("SELECT tag, last_used FROM images"))
+
+    def forget_image(self, tag: str) -> None:
+        self._exec("DELETE FROM images WHERE tag = ?", (tag,))
 
     # clients
     def add_client(self, name: str, key_hash: str) -> None:

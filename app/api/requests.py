@@ -10,10 +10,12 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from ..config import Settings
+from ..deps import REQUIREMENTS_FILE, parse_requirements
 from ..errors import PayloadTooLarge, ValidationFailed
 from ..models import Limits, RunSpec
 
 ALLOWED_SUFFIXES = (".py",)
+ALLOWED_NAMES = (REQUIREMENTS_FILE,)
 
 
 def load(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,8 +36,8 @@ def check_file_name(name: str | None) -> str:
             f"File name {name!r} is not allowed: use only letters, digits, '_', '-' and '.', with no path.",
             details={"name": name, "suggestion": safe or None},
         )
-    if not name.endswith(ALLOWED_SUFFIXES):
-        raise ValidationFailed(f"File {name!r} is not accepted: only {', '.join(ALLOWED_SUFFIXES)} files are.")
+    if not name.endswith(ALLOWED_SUFFIXES) and name not in ALLOWED_NAMES:
+        raise ValidationFailed(f"File {name!r} is not accepted: only .py files and {REQUIREMENTS_FILE} are.")
     return name
 
 
@@ -62,17 +64,18 @@ def check_size(name: str, data: bytes, settings: Settings) -> bytes:
 
 
 def choose_entrypoint(files: Mapping[str, bytes], requested: str | None) -> str:
-    """The requested file, else main.py, else the only file."""
+    """The requested file, else main.py, else the only .py file."""
+    scripts = [name for name in files if name.endswith(".py")]
     if requested is not None:
-        if requested not in files:
+        if requested not in scripts:
             raise ValidationFailed(
                 f"entrypoint {requested!r} is not one of the uploaded files.", details={"files": sorted(files)}
             )
         return requested
     if "main.py" in files:
         return "main.py"
-    if len(files) == 1:
-        return next(iter(files))
+    if len(scripts) == 1:
+        return scripts[0]
     raise ValidationFailed("Several files were sent and none is main.py: name the one to run in `entrypoint`.")
 
 
@@ -95,6 +98,19 @@ def resolve_limits(requested: Mapping[str, Any], settings: Settings) -> Limits:
     return Limits(timeout_s=float(values["timeout"]), memory_mb=int(values["memory_mb"]), cpus=float(values["cpus"]))
 
 
+def requirements_of(files: Mapping[str, bytes], listed: list[str] | None) -> tuple[str, ...] | None:
+    """Explicit requirements (the `requirements` field, else an uploaded requirements.txt), or None to detect."""
+    if listed is not None:
+        return parse_requirements(listed)
+    if REQUIREMENTS_FILE in files:
+        try:
+            text = files[REQUIREMENTS_FILE].decode()
+        except UnicodeDecodeError as e:
+            raise ValidationFailed(f"{REQUIREMENTS_FILE} is not UTF-8 text.") from e
+        return parse_requirements(text.splitlines())
+    return None
+
+
 def build_spec(
     client: str, files: dict[str, bytes], entrypoint: str | None, fields: Mapping[str, Any], settings: Settings
 ) -> RunSpec:
@@ -104,4 +120,5 @@ def build_spec(
         files=files,
         entrypoint=choose_entrypoint(files, entrypoint),
         limits=resolve_limits(fields, settings),
+        requirements=requirements_of(files, fields.get("requirements")),
     )

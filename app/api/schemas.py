@@ -40,6 +40,11 @@ class LimitsSchema(Schema):
 
 
 class RunJsonSchema(LimitsSchema):
+    requirements = fields.List(
+        fields.String(validate=validate.Length(min=1, max=200)),
+        validate=validate.Length(max=50),
+        metadata={"description": "Packages to install (pins honoured); default: detected from the imports."},
+    )
     script_name = fields.String(required=True, metadata={"example": "main.py"})
     client = client_field()
     code = Code(

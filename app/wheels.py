@@ -1,0 +1,109 @@
+"""Downloading wheels on the host for an image build: binary only, so no package code runs here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import docker
+
+PYTHON_VERSION = "3.11"  # the Python of the base image (both build paths)
+GLIBC_MINOR = 36  # bookworm's glibc 2.36, the oldest of both bases: any manylinux_2_{<=36} wheel runs
+TAIL_LINES = 30
+_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
+_HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+_FAILED_REQUIREMENT = re.compile(r"(?:satisfies the requirement|matching distribution found for) (\S+)")
+
+Log = Callable[[str], None]
+
+
+class WheelDownloadFailed(Exception):
+    """pip could not download the wheels; `requirement` names the one it gave up on, if it said."""
+
+    def __init__(self, message: str, requirement: str | None, tail: list[str]) -> None:
+        super().__init__(message)
+        self.requirement = requirement
+        self.tail = tail
+
+
+def wheel_platforms(client: docker.DockerClient) -> list[str]:
+    """pip --platform tags of every manylinux wheel that runs on the engine's architecture and glibc 2.36."""
+    goarch = client.version().get("Arch", "")
+    arch = _ARCHES.get(goarch)
+    if arch is None:
+        raise WheelDownloadFailed(f"unsupported Docker engine architecture {goarch!r}", None, [])
+    # pip expands neither manylinux_2_X to older X nor to legacy aliases: list them all.
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(GLIBC_MINOR, 4, -1)]
+    return tags + [f"manylinux{legacy}_{arch}" for legacy in ("2014", "2010", "1")]
+
+
+def pip_environment() -> dict[str, str]:
+    """pip's own settings (PIP_INDEX_URL, PIP_CERT, ...) and little else: no service secrets."""
+    return {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in _HOST_ENV}
+
+
+def download_wheels(
+    requirements_file: Path, dest: Path, platforms: Iterable[str], log: Log, timeout_s: float = 600
+) -> None:
+    """Download wheels of the requirements and their dependencies for the image's CPython into `dest`.
+
+    :raises WheelDownloadFailed: pip failed or took longer than `timeout_s`.
+    """
+    cmd = [
+        sys.executable, "-m", "pip", "download",
+        "--disable-pip-version-check", "--progress-bar=off", "--no-input",
+        "--dest", str(dest),
+        "--only-binary=:all:",
+        "--python-version", PYTHON_VERSION,
+        "--implementation", "cp",
+        "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
+        *(f"--platform={tag}" for tag in platforms),
+        "-r", str(requirements_file),
+    ]  # fmt: skip
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", env=pip_environment(),
+        )  # fmt: skip
+    except OSError as e:
+        raise WheelDownloadFailed(f"cannot run pip: {e}", None, []) from e
+    with proc:
+        try:
+            _pump(proc, tail, log, timeout_s)
+        except subprocess.TimeoutExpired as e:
+            proc.kill()
+            raise WheelDownloadFailed(f"pip download took longer than {timeout_s:g} s", None, list(tail)) from e
+    if proc.returncode:
+        found = _FAILED_REQUIREMENT.findall("\n".join(tail))
+        requirement = found[-1] if found else None
+        what = f"requirement {requirement!r}" if requirement else "the requirements"
+        raise WheelDownloadFailed(f"pip could not download {what}", requirement, list(tail))
+
+
+def _pump(proc: subprocess.Popen[str], tail: deque[str], log: Log, timeout_s: float) -> None:
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            tail.append(line)
+            log(line)
+        proc.wait()
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(proc.args, timeout_s)
