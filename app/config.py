@@ -44,7 +44,9 @@ class Settings:
     max_file_bytes: int = _setting("RUNNER_MAX_FILE_BYTES", 1_048_576, "Largest uploaded file or JSON `code`.")
     max_files: int = _setting("RUNNER_MAX_FILES", 20, "Most files in one request.")
     max_body_bytes: int = _setting("RUNNER_MAX_BODY_BYTES", 8_388_608, "Largest request body (413 above).")
-    threads: int = _setting("RUNNER_HTTP_THREADS", 16, "HTTP server threads (concurrent requests).")
+    threads: int = _setting(
+        "RUNNER_HTTP_THREADS", 64, "HTTP server threads; keep above RUNNER_QUEUE_SIZE so waiting runs never starve."
+    )
     workers: int = _setting("RUNNER_WORKERS", 2, "Runs executed at the same time.")
     queue_size: int = _setting("RUNNER_QUEUE_SIZE", 32, "Jobs waiting or running at once; more gets 429.")
     client_queue_limit: int = _setting("RUNNER_CLIENT_QUEUE_LIMIT", 8, "Jobs one client may have waiting or running.")

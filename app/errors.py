@@ -65,6 +65,10 @@ class SandboxError(RunnerError):
     status, code = 500, "sandbox_error"
 
 
+# Werkzeug's own errors get the same codes as ours for the same status.
+HTTP_CODES = {cls.status: cls.code for cls in (PayloadTooLarge, UnsupportedMediaType, NotFound, ValidationFailed)}
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """The JSON shape of every error response."""
     return {"error": {"code": code, "message": message, "details": details}}
@@ -79,7 +83,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):  # type: ignore[no-untyped-def]
-        code = (e.name or "error").lower().replace(" ", "_")
+        code = HTTP_CODES.get(e.code or 500, (e.name or "error").lower().replace(" ", "_"))
         headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
         return jsonify(error_body(code, e.description or e.name)), e.code or 500, headers
 

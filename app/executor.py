@@ -54,7 +54,7 @@ class JobExecutor(Protocol):
         """Cancel a queued or running job; False when it is not here."""
 
     def shutdown(self, wait: bool) -> None:
-        """Stop taking jobs; cancel what is queued, and wait for running jobs if asked."""
+        """Stop taking jobs; cancel what is queued; let running jobs finish if `wait`, else cancel them too."""
 
 
 class ThreadJobExecutor:
@@ -67,6 +67,7 @@ class ThreadJobExecutor:
         self._client_limit = client_limit
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[str, CancelToken]] = {}
+        self._started: set[str] = set()
         self._closed = False
 
     def submit(self, job_id: str, spec: RunSpec) -> None:
@@ -89,11 +90,14 @@ class ThreadJobExecutor:
         self._pool.submit(self._run, job_id, spec, token)
 
     def _run(self, job_id: str, spec: RunSpec, token: CancelToken) -> None:
+        with self._lock:
+            self._started.add(job_id)
         try:
             self._handler(job_id, spec, token)
         finally:
             with self._lock:
                 self._jobs.pop(job_id, None)
+                self._started.discard(job_id)
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
@@ -106,8 +110,7 @@ class ThreadJobExecutor:
     def shutdown(self, wait: bool) -> None:
         with self._lock:
             self._closed = True
-            tokens = [t for _, t in self._jobs.values()]
-        if not wait:
-            for t in tokens:
-                t.cancel()
+            doomed = [t for job_id, (_, t) in self._jobs.items() if not wait or job_id not in self._started]
+        for token in doomed:  # queued jobs end at once as cancelled; running ones too unless we wait
+            token.cancel()
         self._pool.shutdown(wait=True, cancel_futures=False)

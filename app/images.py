@@ -35,10 +35,6 @@ PROBE = (
     "print(json.dumps({'stdlib': sorted(sys.stdlib_module_names), 'installed': sorted(m.packages_distributions())}))"
 )
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-_environments: dict[str, ImageEnvironment] = {}
-
 
 def deps_key(requirements: tuple[str, ...]) -> str:
     """Content address of a canonical dependency set: the same set always gives the same key."""
@@ -71,53 +67,63 @@ def base_image_present(client: docker.DockerClient, base: str) -> bool:
     return True
 
 
-def image_environment(client: docker.DockerClient, base: str, labels: dict[str, str]) -> ImageEnvironment:
-    """What the base image's Python provides, asked of the image itself once per base image id."""
-    base_id = base_image_id(client, base)
-    if base_id not in _environments:
-        container = client.api.create_container(
-            base_id, command=["python", "-I", "-c", PROBE], network_disabled=True, labels=labels,
-            host_config=client.api.create_host_config(network_mode="none", read_only=True, cap_drop=["ALL"]),
-        )  # fmt: skip
-        try:
-            client.api.start(container)
-            client.api.wait(container, timeout=60)
-            found = json.loads(client.api.logs(container, stderr=False))
-        except (docker.errors.DockerException, ValueError) as e:
-            raise DockerUnavailable(f"Could not inspect the base image's Python: {e}") from e
-        finally:
-            client.api.remove_container(container, force=True)
-        _environments[base_id] = ImageEnvironment(frozenset(found["stdlib"]), frozenset(found["installed"]))
-    return _environments[base_id]
+class ClientImages:
+    """Builds client images, one build per tag at a time, and knows what the base image provides."""
+
+    def __init__(self, *, base: str, build_memory_mb: int, build_timeout_s: float) -> None:
+        self._base = base
+        self._memory_mb = build_memory_mb
+        self._timeout_s = build_timeout_s
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._environments: dict[str, ImageEnvironment] = {}
+
+    def environment(self, client: docker.DockerClient, labels: dict[str, str]) -> ImageEnvironment:
+        """What the base image's Python provides, asked of the image itself once per base image id."""
+        base_id = base_image_id(client, self._base)
+        if base_id not in self._environments:
+            self._environments[base_id] = _probe(client, base_id, labels)
+        return self._environments[base_id]
+
+    def ensure(
+        self, client: docker.DockerClient, *, tag: str, client_name: str, requirements: tuple[str, ...], log: LogSink
+    ) -> bool:
+        """Make sure `tag` exists, built from the current base with `requirements`; True when built now.
+
+        :raises BuildFailed: details name the failing requirement (if known) and carry the log tail.
+        """
+        base_id = base_image_id(client, self._base)
+        with self._lock_for(tag):
+            if _current(client, tag, base_id):
+                return False
+            labels = {LABEL: "1", f"{LABEL}.client": client_name, f"{LABEL}.base-id": base_id}
+            with tempfile.TemporaryDirectory(prefix="datapane-build-") as tmp:
+                files = {"Dockerfile": f"FROM {base_id}\n".encode()}
+                if requirements:
+                    log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse it)")
+                    files = _deps_context(client, Path(tmp), requirements, base_id, self._timeout_s, log)
+                _build(client, tag, _tar(files), labels, self._memory_mb, self._timeout_s, log)
+            return True
+
+    def _lock_for(self, tag: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(tag, threading.Lock())
 
 
-def ensure_client_image(
-    client: docker.DockerClient,
-    *,
-    base: str,
-    tag: str,
-    client_name: str,
-    requirements: tuple[str, ...],
-    build_memory_mb: int,
-    build_timeout_s: float,
-    log: LogSink,
-) -> bool:
-    """Make sure `tag` exists, built from the current base with `requirements`; True when it was built now.
-
-    :raises BuildFailed: details name the failing requirement (if known) and carry the log tail.
-    """
-    base_id = base_image_id(client, base)
-    with _lock_for(tag):
-        if _current(client, tag, base_id):
-            return False
-        labels = {LABEL: "1", f"{LABEL}.client": client_name, f"{LABEL}.base-id": base_id}
-        with tempfile.TemporaryDirectory(prefix="datapane-build-") as tmp:
-            files = {"Dockerfile": f"FROM {base_id}\n".encode()}
-            if requirements:
-                log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse the image)")
-                files = _deps_context(client, Path(tmp), requirements, base_id, build_timeout_s, log)
-            _build(client, tag, _tar(files), labels, build_memory_mb, build_timeout_s, log)
-        return True
+def _probe(client: docker.DockerClient, base_id: str, labels: dict[str, str]) -> ImageEnvironment:
+    container = client.api.create_container(
+        base_id, command=["python", "-I", "-c", PROBE], network_disabled=True, labels=labels,
+        host_config=client.api.create_host_config(network_mode="none", read_only=True, cap_drop=["ALL"]),
+    )  # fmt: skip
+    try:
+        client.api.start(container)
+        client.api.wait(container, timeout=60)
+        found = json.loads(client.api.logs(container, stderr=False))
+    except (docker.errors.DockerException, ValueError) as e:
+        raise DockerUnavailable(f"Could not inspect the base image's Python: {e}") from e
+    finally:
+        client.api.remove_container(container, force=True)
+    return ImageEnvironment(frozenset(found["stdlib"]), frozenset(found["installed"]))
 
 
 def _deps_context(
@@ -191,8 +197,3 @@ def _build(
             f"Docker could not build image {tag}: {e}",
             details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},
         ) from e
-
-
-def _lock_for(tag: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(tag, threading.Lock())

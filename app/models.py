@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Status(enum.StrEnum):
@@ -58,9 +58,13 @@ class RunOutcome:
     output_truncated: bool
     cancelled: bool = False
 
+    @classmethod
+    def cancelled_before_start(cls) -> RunOutcome:
+        return cls(exit_code=None, oom_killed=False, timed_out=False, output_truncated=False, cancelled=True)
+
     @property
     def status(self) -> Status:
-        if self.cancelled:
+        if self.cancelled and self.exit_code != 0:  # a cancel that came after a clean exit changes nothing
             return Status.CANCELLED
         if self.timed_out:
             return Status.TIMED_OUT
@@ -89,7 +93,6 @@ class Job:
     output: bytes = b""
     build_log: str = ""
     message: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def duration_ms(self) -> int | None:

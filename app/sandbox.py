@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ from docker.utils.socket import frames_iter
 from .errors import SandboxError
 from .models import Limits, RunOutcome
 
+log = logging.getLogger(__name__)
 LABEL = "io.datapane.runner"
 WORKDIR = "/sandbox"
 SANDBOX_UID = SANDBOX_GID = 1000  # the `python` user of the base image
@@ -73,11 +76,11 @@ class Run:
         self._limits = limits
         self._policy = policy
         self._timed_out = threading.Event()
+        self._start_lock = threading.Lock()
         self._killed_for_output = False
         self._cancelled = threading.Event()
-        self.container_id: str | None = None
         try:
-            self.container_id = self._api.create_container(
+            self.container_id: str = self._api.create_container(
                 image,
                 command=["python", "-I", "-c", AGENT],
                 user=f"{SANDBOX_UID}:{SANDBOX_GID}",
@@ -118,18 +121,18 @@ class Run:
 
     def execute(self, files: dict[str, bytes], entrypoint: str, sink: OutputSink) -> RunOutcome:
         """Start the container, hand it the files, forward its output to `sink` until it exits."""
-        try:
-            sock = self._api.attach_socket(
-                self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
-            self._api.start(self.container_id)
-        except docker.errors.DockerException as e:
-            raise SandboxError(f"Docker could not start the container: {e}") from e
+        with self._start_lock:  # a cancel either comes before the start (no start) or after it (a kill)
+            if self._cancelled.is_set():
+                return RunOutcome(
+                    exit_code=None, oom_killed=False, timed_out=False, output_truncated=False, cancelled=True
+                )
+            sock = self._attach_and_start()
         watchdog = threading.Timer(self._limits.timeout_s, self._on_timeout)
         watchdog.daemon = True
         watchdog.start()
         try:
-            _send_all(sock, encode_payload(files, entrypoint))
+            with contextlib.suppress(OSError):  # the container may already be gone; Docker says how it ended
+                _send_all(sock, encode_payload(files, entrypoint))
             self._forward(sock, sink)
             return self._judge()
         except docker.errors.DockerException as e:
@@ -137,6 +140,20 @@ class Run:
         finally:
             watchdog.cancel()
             _close(sock)
+
+    def _attach_and_start(self):  # type: ignore[no-untyped-def]
+        try:
+            sock = self._api.attach_socket(
+                self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"Docker could not attach to the container: {e}") from e
+        try:
+            self._api.start(self.container_id)
+        except docker.errors.DockerException as e:
+            _close(sock)
+            raise SandboxError(f"Docker could not start the container: {e}") from e
+        return sock
 
     def _forward(self, sock, sink: OutputSink) -> None:  # type: ignore[no-untyped-def]
         budget = self._policy.max_output_bytes
@@ -166,8 +183,9 @@ class Run:
         self.kill()
 
     def cancel(self) -> None:
-        """Stop the run at once; its outcome says cancelled."""
-        self._cancelled.set()
+        """Stop the run at once (or keep it from starting); its outcome says cancelled."""
+        with self._start_lock:
+            self._cancelled.set()
         self.kill()
 
     def kill(self) -> None:
@@ -175,14 +193,17 @@ class Run:
             self._api.kill(self.container_id)
 
     def remove(self) -> None:
-        if self.container_id is None:
-            return
-        try:
-            self._api.remove_container(self.container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.DockerException as e:
-            raise SandboxError(f"Docker could not remove container {self.container_id[:12]}: {e}") from e
+        """Remove the container, retrying; a failure is logged (the next start removes leftovers by label)."""
+        for attempt in range(3):
+            try:
+                self._api.remove_container(self.container_id, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.DockerException:
+                if attempt == 2:
+                    log.exception("could not remove container %s; it will be removed at next start", self.container_id)
+                time.sleep(0.5)
 
 
 def _send_all(sock, data: bytes) -> None:  # type: ignore[no-untyped-def]

@@ -32,14 +32,10 @@ class RunnerServer(BaseApplication):
 
     def load(self):  # type: ignore[no-untyped-def]
         from . import create_app
-        from .jobs import purge_expired, recover_interrupted
-        from .sandbox import remove_leftovers
+        from .jobs import recover
 
         app = create_app(vars(self.settings))
-        svc = app.extensions[EXTENSION]
-        removed = remove_leftovers(svc.docker.client, self.settings.instance)
-        marked = recover_interrupted(svc)
-        purge_expired(svc, force=True)
+        removed, marked = recover(app.extensions[EXTENSION])
         log.info("removed %d leftover containers, marked %d interrupted jobs", removed, marked)
         return app
 

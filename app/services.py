@@ -10,6 +10,7 @@ from .config import Settings
 from .docker_access import DockerGateway
 from .executor import JobExecutor, ThreadJobExecutor
 from .image_cache import ImageCache
+from .images import ClientImages
 from .outputs import OutputHub
 from .sandbox import SandboxPolicy
 from .store import Store
@@ -30,7 +31,9 @@ class Services:
             max_output_bytes=settings.max_output_bytes,
             instance=settings.instance,
         )
-        self.last_purge = 0.0
+        self.builder = ClientImages(
+            base=settings.base_image, build_memory_mb=settings.build_memory_mb, build_timeout_s=settings.build_timeout_s
+        )
 
     @cached_property
     def store(self) -> Store:
@@ -43,7 +46,7 @@ class Services:
 
     @cached_property
     def executor(self) -> JobExecutor:
-        from .jobs import execute_job  # jobs imports this module for typing only
+        from .execution import execute_job  # imports this module for typing only
 
         s = self.settings
         return ThreadJobExecutor(

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     build_log TEXT NOT NULL, message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_client ON jobs (client, created_at DESC);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
 CREATE TABLE IF NOT EXISTS images (tag TEXT PRIMARY KEY, last_used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, revoked_at REAL

@@ -38,13 +38,17 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="session")
-def base_image(docker_client: docker.DockerClient) -> str:
+def base_image(docker_client: docker.DockerClient) -> Iterator[str]:
     """The base image, built (offline if no registry answers) when missing."""
     from app.base_image import base_image_exists, build_base_image
 
     if not base_image_exists(docker_client, BASE_IMAGE):
         build_base_image(docker_client, BASE_IMAGE, offline=True, log=lambda _line: None)
-    return BASE_IMAGE
+    yield BASE_IMAGE
+    for image in docker_client.api.images(filters={"label": "io.datapane.runner.client"}):
+        for tag in image.get("RepoTags") or []:
+            if tag.startswith("datapane-run-test-"):
+                docker_client.api.remove_image(tag, force=True)
 
 
 def _leftovers(client: docker.DockerClient, instance: str) -> list[dict]:

@@ -60,9 +60,8 @@ def list_jobs() -> Response:
         401: {$ref: "#/components/responses/Error"}
     """
     page = load(PageSchema(), request.args.to_dict())
-    svc = services()
-    found = svc.store.list_jobs(g.client, page["limit"], page["offset"])
-    body = {"jobs": found, "total": svc.store.count_jobs(g.client), **page}
+    found, total = jobs.list_jobs(services(), g.client, page["limit"], page["offset"])
+    body = {"jobs": found, "total": total, **page}
     return jsonify(JobListSchema().dump(body))
 
 

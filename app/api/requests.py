@@ -16,6 +16,7 @@ from ..models import Limits, RunSpec
 
 ALLOWED_SUFFIXES = (".py",)
 ALLOWED_NAMES = (REQUIREMENTS_FILE,)
+MAX_NAME_LENGTH = 100
 
 
 def load(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -30,6 +31,8 @@ def check_file_name(name: str | None) -> str:
     """The name as sent, if it is safe and a .py file. :raises ValidationFailed: otherwise."""
     if not name:
         raise ValidationFailed("Every file needs a name.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationFailed(f"File name {name[:20]!r}... is longer than {MAX_NAME_LENGTH} characters.")
     safe = secure_filename(name)
     if safe != name:
         raise ValidationFailed(

@@ -8,8 +8,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from .. import jobs
 from ..errors import UnsupportedMediaType, ValidationFailed
-from ..models import Job, Status
-from ..outputs import OutputChannel
+from ..models import Job, RunSpec, Status
 from ..services import Services, services
 from . import auth
 from .requests import build_spec, check_file_name, check_size, load, read_uploads
@@ -47,7 +46,10 @@ def run_json() -> Response:
     """
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as JSON with `Content-Type: application/json`.")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError as e:  # absurdly nested JSON
+        raise ValidationFailed("The JSON body is nested too deeply.") from e
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.")
     fields = load(RunJsonSchema(), body)
@@ -98,35 +100,31 @@ def run_file() -> Response:
     return _start(build_spec(client, files, fields.get("entrypoint"), fields, svc.settings))
 
 
-def _start(spec) -> Response:  # type: ignore[no-untyped-def]
+def _start(spec: RunSpec) -> Response:
     svc = services()
-    job, channel = jobs.submit(svc, spec)
+    job = jobs.submit(svc, spec)
     if request.args.get("async", "").lower() in ("1", "true", "yes"):
-        status_url = url_for("api.job_status", job_id=job.id, _external=True)
+        status_url = url_for("api.job_status", job_id=job.id)
         response = jsonify({"job_id": job.id, "status": job.status.value, "status_url": status_url})
         response.status_code = 202
         response.headers["Location"] = status_url
         return response
     if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == "application/json":
-        response = jsonify(job_schema.dump(jobs.wait_finished(svc, job, channel)))
+        response = jsonify(job_schema.dump(jobs.wait_finished(svc, job)))
     else:
-        response = Response(_stream(svc, job, channel), mimetype="text/plain")
+        response = Response(_stream(svc, job), mimetype="text/plain")
     response.headers["X-Job-Id"] = job.id
     return response
 
 
-def _stream(svc: Services, job: Job, channel: OutputChannel) -> Iterator[bytes]:
+def _stream(svc: Services, job: Job) -> Iterator[bytes]:
     """The output as it comes, then a marker line when the run did not succeed."""
     last = b"\n"
-    for chunk in channel.follow():
+    for chunk in jobs.follow_output(svc, job):
         if chunk:
             last = chunk
             yield chunk
-    yield from _marker(jobs.get_job(svc, job.id, job.client), last)
-
-
-def _marker(job: Job, last: bytes) -> Iterator[bytes]:
-    if job.status is Status.SUCCEEDED:
-        return
-    lead = b"" if last.endswith(b"\n") else b"\n"
-    yield lead + f"[runner] job {job.id} {job.status.value}: {job.message}\n".encode()
+    final = svc.store.get_job(job.id)
+    if final is not None and final.status is not Status.SUCCEEDED:
+        lead = b"" if last.endswith(b"\n") else b"\n"
+        yield lead + f"[runner] job {final.id} {final.status.value}: {final.message}\n".encode()

@@ -7,9 +7,12 @@ import time
 import docker
 import pytest
 
-from app.jobs import purge_expired, recover_interrupted
+from app.images import client_image_tag
+from app.jobs import purge_expired, recover
 from app.models import Job, Limits, Status
+from app.sandbox import Run
 from app.services import EXTENSION
+from app.store import Store
 from tests.conftest import Api, read_line
 
 
@@ -90,15 +93,58 @@ def test_delete_removes_a_finished_job(api: Api) -> None:
 
 
 def test_queue_full_answers_429_with_retry_after(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
-    api = Api(make_app(base_image=base_image, workers=1, queue_size=2, client_queue_limit=2))
+    app = make_app(base_image=base_image, workers=1, queue_size=2, client_queue_limit=5)
+    first, second = Api(app, "first"), Api(app, "second")
     sleeper = ["import time", "time.sleep(30)"]
-    ids = [api.run_json(sleeper, query="?async=1").json["job_id"] for _ in range(2)]
-    r = api.run_json(sleeper, query="?async=1")
+    ids = [
+        first.run_json(sleeper, query="?async=1").json["job_id"],
+        second.run_json(sleeper, query="?async=1").json["job_id"],
+    ]
+    r = Api(app, "third").run_json(sleeper, query="?async=1")
     assert r.status_code == 429
     assert r.headers["Retry-After"]
     assert r.json["error"]["code"] == "queue_full"
-    for job_id in ids:
-        api.delete(f"/jobs/{job_id}")
+    assert "maximum of 2 jobs" in r.json["error"]["message"]
+    first.delete(f"/jobs/{ids[0]}")
+    second.delete(f"/jobs/{ids[1]}")
+
+
+def test_cancelled_queued_job_never_runs(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(base_image=base_image, workers=1))
+    blocker = api.run_json(["import time", "time.sleep(30)"], query="?async=1").json["job_id"]
+    queued = api.run_json("print('should not run')", query="?async=1").json["job_id"]
+    assert api.get(f"/status/{queued}").json["status"] == "queued"
+    assert api.delete(f"/jobs/{queued}").json["result"] == "cancelled"
+    api.delete(f"/jobs/{blocker}")
+    body = wait_done(api, queued)
+    assert (body["status"], body["stdout"], body["duration_ms"]) == ("cancelled", "", None)
+
+
+def test_shutdown_cancels_queued_jobs_instead_of_running_them(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(base_image=base_image, workers=1)
+    api = Api(app)
+    running = api.run_json(["import time", "time.sleep(1)", "print('done')"], query="?async=1").json["job_id"]
+    queued = [api.run_json("print('never')", query="?async=1").json["job_id"] for _ in range(3)]
+    app.extensions[EXTENSION].close(wait=True)
+    settings = app.extensions[EXTENSION].settings
+    store = Store(settings.data_dir / "runner.sqlite3")
+    assert store.get_job(running).status is Status.SUCCEEDED
+    assert {store.get_job(j).status for j in queued} == {Status.CANCELLED}
+
+
+def test_client_disconnect_leaves_the_job_to_finish_and_be_read(api: Api, docker_client: docker.DockerClient) -> None:
+    r = api.http.post(
+        "/run-json",
+        json={"script_name": "main.py", "code": ["import time", "print('a')", "time.sleep(1)", "print('b')"]},
+        headers=api.headers(),
+        buffered=False,
+    )
+    job_id = r.headers["X-Job-Id"]
+    assert read_line(iter(r.response)) == b"a\n"
+    r.close()  # the client goes away mid-run
+    body = wait_done(api, job_id)
+    assert (body["status"], body["stdout"]) == ("succeeded", "a\nb\n")
+    assert docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.job={job_id}"]}) == []
 
 
 def test_one_client_cannot_fill_the_whole_queue(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
@@ -126,8 +172,8 @@ def test_results_survive_an_app_restart(make_app, base_image: str) -> None:  # t
     assert (body["status"], body["stdout"]) == ("succeeded", "kept\n")
 
 
-def test_job_interrupted_by_a_stop_is_marked_at_next_start(app) -> None:  # type: ignore[no-untyped-def]
-    svc = app.extensions[EXTENSION]
+def test_next_start_removes_leftover_containers_and_marks_interrupted_jobs(docker_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+    svc = docker_app.extensions[EXTENSION]
     job = Job(
         id="j1",
         client="c",
@@ -137,20 +183,36 @@ def test_job_interrupted_by_a_stop_is_marked_at_next_start(app) -> None:  # type
         created_at=time.time(),
     )
     svc.store.save_job(job)
-    assert recover_interrupted(svc) == 1
+    tag = client_image_tag(svc.settings.image_prefix, "c", ())
+    svc.builder.ensure(docker_client, tag=tag, client_name="c", requirements=(), log=lambda _: None)
+    Run(docker_client, tag, job.limits, svc.policy, {"job": "j1"})  # a crash leaves it behind
+    label = "io.datapane.runner.job=j1"
+    assert len(docker_client.api.containers(all=True, filters={"label": [label]})) == 1
+    assert recover(svc) == (1, 1)
+    assert docker_client.api.containers(all=True, filters={"label": [label]}) == []
     stored = svc.store.get_job("j1")
     assert stored.status is Status.INTERNAL_ERROR
     assert "stopped before this job ended" in stored.message
 
 
-def test_expired_results_are_deleted(app) -> None:  # type: ignore[no-untyped-def]
+def test_expired_results_are_gone(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(base_image=base_image, retention_s=1))
+    job_id = api.run_json("print(1)").json["job_id"]
+    assert api.get(f"/status/{job_id}").status_code == 200
+    time.sleep(1.5)
+    assert api.get(f"/status/{job_id}").status_code == 404
+    assert api.get("/jobs").json["jobs"] == []
+
+
+def test_purge_deletes_only_jobs_past_retention(app) -> None:  # type: ignore[no-untyped-def]
     svc = app.extensions[EXTENSION]
     now = time.time()
+    limits = Limits(1, 64, 1)
     old = Job(
         id="old",
         client="c",
         status=Status.SUCCEEDED,
-        limits=Limits(1, 64, 1),
+        limits=limits,
         entrypoint="main.py",
         created_at=now - 10,
         finished_at=now - svc.settings.retention_s - 1,
@@ -159,16 +221,23 @@ def test_expired_results_are_deleted(app) -> None:  # type: ignore[no-untyped-de
         id="new",
         client="c",
         status=Status.SUCCEEDED,
-        limits=Limits(1, 64, 1),
+        limits=limits,
         entrypoint="main.py",
         created_at=now,
         finished_at=now,
     )
-    svc.store.save_job(old)
-    svc.store.save_job(new)
-    assert purge_expired(svc, now=now, force=True) == 1
-    assert svc.store.get_job("old") is None
-    assert svc.store.get_job("new") is not None
+    running = Job(
+        id="running",
+        client="c",
+        status=Status.RUNNING,
+        limits=limits,
+        entrypoint="main.py",
+        created_at=now - svc.settings.retention_s - 10,
+    )
+    for job in (old, new, running):
+        svc.store.save_job(job)
+    assert purge_expired(svc, now=now) == 1
+    assert [svc.store.get_job(j) is None for j in ("old", "new", "running")] == [True, False, False]
 
 
 @pytest.mark.parametrize("path", ["/jobs", "/status/x", "/status/x/output"])

@@ -46,20 +46,20 @@ def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) 
         check=True,
     )
     key = made.stdout.strip().splitlines()[-1]
-    proc = subprocess.Popen(
-        [sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
         except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
             time.sleep(0.2)
     yield port, key, env
     proc.terminate()
     proc.wait(timeout=60)
+    log.close()
     left = docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.instance={instance}"]})
     assert left == []
 

@@ -15,7 +15,9 @@ from app.deps import (
 from app.errors import ValidationFailed
 from app.images import deps_key
 
-ENV = ImageEnvironment(stdlib=frozenset({"os", "sys", "json", "collections", "__future__"}), installed=frozenset({"flask"}))
+ENV = ImageEnvironment(
+    stdlib=frozenset({"os", "sys", "json", "collections", "__future__"}), installed=frozenset({"flask"})
+)
 
 
 def test_imports_are_found_everywhere_in_the_syntax_tree() -> None:
@@ -62,7 +64,9 @@ def test_requirements_keep_pins_and_markers() -> None:
     assert parse_requirements(lines) == ("greetpkg==1.0", 'requests>=2; python_version >= "3.8"', "PyYAML")
 
 
-@pytest.mark.parametrize("line", ["-r other.txt", "--index-url http://x", "pkg @ https://x/p.whl", "bad name!!", "-e ."])
+@pytest.mark.parametrize(
+    "line", ["-r other.txt", "--index-url http://x", "pkg @ https://x/p.whl", "bad name!!", "-e ."]
+)
 def test_options_urls_and_nonsense_are_refused(line: str) -> None:
     with pytest.raises(ValidationFailed):
         parse_requirements([line])

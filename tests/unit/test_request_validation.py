@@ -99,7 +99,7 @@ def test_too_many_files_is_413(make_app) -> None:  # type: ignore[no-untyped-def
 
 def test_oversized_body_is_413_json(make_app) -> None:  # type: ignore[no-untyped-def]
     api = Api(make_app(max_body_bytes=1000))
-    assert_error(post_files(api, [(b"#" * 2000, "main.py")]), 413, "request_entity_too_large")
+    assert_error(post_files(api, [(b"#" * 2000, "main.py")]), 413, "payload_too_large")
 
 
 def test_wrong_content_types_are_415(api: Api) -> None:
@@ -133,3 +133,20 @@ def test_duplicate_and_missing_files_are_400(api: Api) -> None:
 def test_unknown_routes_and_methods_get_json_errors(api: Api) -> None:
     assert_error(api.http.get("/nope", headers=api.headers()), 404, "not_found")
     assert_error(api.http.get("/run-json", headers=api.headers()), 405, "method_not_allowed")
+
+
+def test_absurdly_nested_json_is_400_not_500(api: Api) -> None:
+    body = "[" * 200_000 + "]" * 200_000
+    r = api.http.post("/run-json", data=body, headers=api.headers({"Content-Type": "application/json"}))
+    assert_error(r, 400, "validation_failed")
+
+
+def test_overlong_file_name_is_refused(api: Api) -> None:
+    assert_error(api.run_json("print(1)", script_name="a" * 200 + ".py"), 400, "validation_failed")
+
+
+def test_healthz_is_503_json_without_the_base_image(make_app) -> None:  # type: ignore[no-untyped-def]
+    r = make_app(base_image="datapane-no-such-image:none").test_client().get("/healthz")
+    assert r.status_code == 503
+    assert r.json["status"] == "unavailable"
+    assert r.json["base_image_present"] is False
