@@ -53,6 +53,9 @@ class Settings:
     retention_s: float = _setting("RUNNER_RETENTION_S", 7 * 24 * 3600.0, "How long finished jobs are kept, in seconds.")
     build_timeout_s: float = _setting("RUNNER_BUILD_TIMEOUT_S", 600.0, "Longest a client image build may take.")
     build_memory_mb: int = _setting("RUNNER_BUILD_MEMORY_MB", 1024, "Memory limit of image builds, in MiB.")
+    pool_size: int = _setting("RUNNER_POOL_SIZE", 2, "Pre-started containers kept per hot image; 0 turns the pool off.")
+    pool_images: int = _setting("RUNNER_POOL_IMAGES", 4, "Most images with a warm pool (most recently used win).")
+    pool_idle_s: float = _setting("RUNNER_POOL_IDLE_S", 300.0, "Pre-started containers unused this long are removed.")
     image_cache_size: int = _setting("RUNNER_IMAGE_CACHE_SIZE", 100, "Most client images kept; least recently used go.")
     image_cache_mb: int = _setting(
         "RUNNER_IMAGE_CACHE_MB", 10240, "Disk budget of client images above the base, in MiB; LRU beyond it."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from .deps import canonical_set, distributions_for, third_party_imports
@@ -26,16 +27,20 @@ ProgressLog = Callable[[str], None]
 def execute_job(svc: Services, job_id: str, spec: RunSpec, token: CancelToken) -> None:
     """Run the job to its end and record it; never raises, always closes its live output."""
     channel = svc.outputs.open(job_id)
-    try:
-        job = svc.store.get_job(job_id)
-        if job is not None:  # None: deleted while queued
-            _execute(svc, job, spec, token, channel)
-    finally:
-        channel.close()
-        svc.outputs.discard(job_id)
+    # The container is removed last, after the result is recorded and its readers are released.
+    with ExitStack() as cleanup:
+        try:
+            job = svc.store.get_job(job_id)
+            if job is not None:  # None: deleted while queued
+                _execute(svc, job, spec, token, channel, cleanup)
+        finally:
+            channel.close()
+            svc.outputs.discard(job_id)
 
 
-def _execute(svc: Services, job: Job, spec: RunSpec, token: CancelToken, channel: OutputChannel) -> None:
+def _execute(
+    svc: Services, job: Job, spec: RunSpec, token: CancelToken, channel: OutputChannel, cleanup: ExitStack
+) -> None:
     recorder = OutputRecorder(channel)
     build_log = BuildLog(channel)
     try:
@@ -48,7 +53,7 @@ def _execute(svc: Services, job: Job, spec: RunSpec, token: CancelToken, channel
             return
         job.status = Status.RUNNING
         svc.store.save_job(job)
-        outcome = _build_and_run(svc, job, spec, token, recorder, build_log)
+        outcome = _build_and_run(svc, job, spec, token, recorder, build_log, cleanup)
         job.finished_at = time.time()
         finish(job, outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
     except BuildFailed as e:
@@ -69,23 +74,31 @@ def _execute(svc: Services, job: Job, spec: RunSpec, token: CancelToken, channel
 
 
 def _build_and_run(
-    svc: Services, job: Job, spec: RunSpec, token: CancelToken, recorder: OutputRecorder, build_log: BuildLog
+    svc: Services,
+    job: Job,
+    spec: RunSpec,
+    token: CancelToken,
+    recorder: OutputRecorder,
+    build_log: BuildLog,
+    cleanup: ExitStack,
 ) -> RunOutcome:
     docker = svc.docker.client
     labels = {"job": job.id, "client": spec.client}
     requirements = resolve_requirements(svc, spec, labels)
     tag = client_image_tag(svc.settings.image_prefix, spec.client, requirements)
-    with svc.images.using(tag):
-        # Only package installs are worth a curl user's screen; a bare client image is built silently.
-        progress = build_log.stream if requirements else build_log.record
-        if svc.builder.ensure(docker, tag=tag, client_name=spec.client, requirements=requirements, log=progress):
-            svc.images.collect(docker)
-        if token.cancelled:
-            return RunOutcome.cancelled_before_start()
-        with Run(docker, tag, spec.limits, svc.policy, labels) as run:
-            token.on_cancel(run.cancel)
-            job.started_at = time.time()
-            return run.execute(spec.files, spec.entrypoint, recorder.write)
+    cleanup.enter_context(svc.images.using(tag))
+    image_id, built = svc.builder.ensure(
+        docker, tag=tag, client_name=spec.client, requirements=requirements, log=build_log.stream
+    )
+    if built and requirements:
+        svc.images.collect(docker)
+    if token.cancelled:
+        return RunOutcome.cancelled_before_start()
+    run = svc.pool.take(image_id, spec.limits) or Run(docker, image_id, spec.limits, svc.policy, labels)
+    cleanup.callback(run.remove)
+    token.on_cancel(run.cancel)
+    job.started_at = time.time()
+    return run.execute(spec.files, spec.entrypoint, recorder.write)
 
 
 def resolve_requirements(svc: Services, spec: RunSpec, labels: dict[str, str]) -> tuple[str, ...]:
@@ -116,14 +129,11 @@ def describe(outcome: RunOutcome, job: Job) -> str:
 
 
 class BuildLog:
-    """Lines of an image build: kept for the job, and streamed to followers when worth showing."""
+    """Lines of an image build: kept for the job, and streamed to followers before the script's output."""
 
     def __init__(self, channel: OutputChannel) -> None:
         self._channel = channel
         self._lines: list[str] = []
-
-    def record(self, line: str) -> None:
-        self._lines.append(line)
 
     def stream(self, line: str) -> None:
         self._lines.append(line)

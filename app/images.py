@@ -8,6 +8,7 @@ import json
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .wheels import WheelDownloadFailed, download_wheels, wheel_platforms
 
 LogSink = Callable[[str], None]
 LOG_TAIL_LINES = 40
+BASE_ID_TTL_S = 1.0
 BUILDER_CHATTER = ("--->", "Removing intermediate container", "Successfully built")
 DEPS_DOCKERFILE = """FROM {base}
 USER root
@@ -77,33 +79,42 @@ class ClientImages:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._environments: dict[str, ImageEnvironment] = {}
+        self._base_seen: tuple[str, float] | None = None
 
     def environment(self, client: docker.DockerClient, labels: dict[str, str]) -> ImageEnvironment:
         """What the base image's Python provides, asked of the image itself once per base image id."""
-        base_id = base_image_id(client, self._base)
+        base_id = self.base_id(client)
         if base_id not in self._environments:
             self._environments[base_id] = _probe(client, base_id, labels)
         return self._environments[base_id]
 
     def ensure(
         self, client: docker.DockerClient, *, tag: str, client_name: str, requirements: tuple[str, ...], log: LogSink
-    ) -> bool:
-        """Make sure `tag` exists, built from the current base with `requirements`; True when built now.
+    ) -> tuple[str, bool]:
+        """Make sure `tag` exists, built from the current base with `requirements`; (image id, built now).
 
         :raises BuildFailed: details name the failing requirement (if known) and carry the log tail.
         """
-        base_id = base_image_id(client, self._base)
+        base_id = self.base_id(client)
         with self._lock_for(tag):
-            if _current(client, tag, base_id):
-                return False
+            if not requirements:  # the client's tag names the base image itself: every pool of it is shared
+                return base_id, _tag(client, base_id, tag)
+            current = _current(client, tag, base_id)
+            if current is not None:
+                return current, False
             labels = {LABEL: "1", f"{LABEL}.client": client_name, f"{LABEL}.base-id": base_id}
+            log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse it)")
             with tempfile.TemporaryDirectory(prefix="datapane-build-") as tmp:
-                files = {"Dockerfile": f"FROM {base_id}\n".encode()}
-                if requirements:
-                    log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse it)")
-                    files = _deps_context(client, Path(tmp), requirements, base_id, self._timeout_s, log)
+                files = _deps_context(client, Path(tmp), requirements, base_id, self._timeout_s, log)
                 _build(client, tag, _tar(files), labels, self._memory_mb, self._timeout_s, log)
-            return True
+            return client.api.inspect_image(tag)["Id"], True
+
+    def base_id(self, client: docker.DockerClient) -> str:
+        """The base image's id, asked of Docker at most once a second (it is on every run's path)."""
+        now = time.monotonic()
+        if self._base_seen is None or now - self._base_seen[1] > BASE_ID_TTL_S:
+            self._base_seen = (base_image_id(client, self._base), now)
+        return self._base_seen[0]
 
     def _lock_for(self, tag: str) -> threading.Lock:
         with self._guard:
@@ -145,12 +156,30 @@ def _deps_context(
     return files
 
 
-def _current(client: docker.DockerClient, tag: str, base_id: str) -> bool:
+def _tag(client: docker.DockerClient, image_id: str, tag: str) -> bool:
+    """Point `tag` at `image_id` unless it already does; True when it moved."""
     try:
-        labels = client.api.inspect_image(tag)["Config"].get("Labels") or {}
+        if client.api.inspect_image(tag)["Id"] == image_id:
+            return False
     except docker.errors.ImageNotFound:
-        return False
-    return labels.get(f"{LABEL}.base-id") == base_id
+        pass
+    repository, _, version = tag.rpartition(":")
+    try:
+        client.api.tag(image_id, repository, version, force=True)
+    except docker.errors.DockerException as e:
+        raise BuildFailed(
+            f"Docker could not tag image {tag}: {e}", details={"requirement": None, "log_tail": []}
+        ) from e
+    return True
+
+
+def _current(client: docker.DockerClient, tag: str, base_id: str) -> str | None:
+    """The id of `tag` if it exists and was built from `base_id`."""
+    try:
+        image = client.api.inspect_image(tag)
+    except docker.errors.ImageNotFound:
+        return None
+    return image["Id"] if (image["Config"].get("Labels") or {}).get(f"{LABEL}.base-id") == base_id else None
 
 
 def _tar(files: dict[str, bytes]) -> io.BytesIO:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -23,21 +26,14 @@ LABEL = "io.datapane.runner"
 WORKDIR = "/sandbox"
 SANDBOX_UID = SANDBOX_GID = 1000  # the `python` user of the base image
 
-# Runs inside the container as its first process: reads one length-prefixed JSON message
-# (the files and the entry point) from stdin, writes the files to the scratch tmpfs and
-# replaces itself with the script. Files never touch the host's disk.
-AGENT = f"""
-import base64, json, os, sys
-size = int(sys.stdin.buffer.readline())
-job = json.loads(sys.stdin.buffer.read(size))
-for name, data in job["files"].items():
-    with open(os.path.join({WORKDIR!r}, name), "xb") as f:
-        f.write(base64.b64decode(data))
-os.chdir({WORKDIR!r})
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.execv(sys.executable, [sys.executable, job["entrypoint"]])
-"""
+AGENT_SOURCE = Path(__file__).with_name("agent.py")
+
+
+@cache
+def agent_command() -> list[str]:
+    """The container's command: the agent (see agent.py), given as source so images need not carry it."""
+    return ["python", "-c", AGENT_SOURCE.read_text(), WORKDIR]
+
 
 OutputSink = Callable[[int, bytes], None]
 """Receives (stream, data) chunks: stream 1 is stdout, 2 is stderr."""
@@ -77,12 +73,13 @@ class Run:
         self._policy = policy
         self._timed_out = threading.Event()
         self._start_lock = threading.Lock()
+        self._sock = None
         self._killed_for_output = False
         self._cancelled = threading.Event()
         try:
             self.container_id: str = self._api.create_container(
                 image,
-                command=["python", "-I", "-c", AGENT],
+                command=agent_command(),
                 user=f"{SANDBOX_UID}:{SANDBOX_GID}",
                 working_dir=WORKDIR,
                 stdin_open=True,
@@ -119,14 +116,34 @@ class Run:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def execute(self, files: dict[str, bytes], entrypoint: str, sink: OutputSink) -> RunOutcome:
-        """Start the container, hand it the files, forward its output to `sink` until it exits."""
-        with self._start_lock:  # a cancel either comes before the start (no start) or after it (a kill)
-            if self._cancelled.is_set():
-                return RunOutcome(
-                    exit_code=None, oom_killed=False, timed_out=False, output_truncated=False, cancelled=True
+    def set_timeout(self, timeout_s: float) -> None:
+        """The wall-clock limit of the run, counted from the hand-over of its files."""
+        self._limits = dataclasses.replace(self._limits, timeout_s=timeout_s)
+
+    def start(self) -> None:
+        """Attach and start the container; its agent then waits for the run. Does nothing once cancelled."""
+        with self._start_lock:  # a cancel comes either before the start (no start) or after it (a kill)
+            if self._cancelled.is_set() or self._sock is not None:
+                return
+            try:
+                sock = self._api.attach_socket(
+                    self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
                 )
-            sock = self._attach_and_start()
+            except docker.errors.DockerException as e:
+                raise SandboxError(f"Docker could not attach to the container: {e}") from e
+            try:
+                self._api.start(self.container_id)
+            except docker.errors.DockerException as e:
+                _close(sock)
+                raise SandboxError(f"Docker could not start the container: {e}") from e
+            self._sock = sock
+
+    def execute(self, files: dict[str, bytes], entrypoint: str, sink: OutputSink) -> RunOutcome:
+        """Hand the started container its files, forward its output to `sink` until it exits, judge it."""
+        self.start()
+        sock = self._sock
+        if sock is None:
+            return RunOutcome.cancelled_before_start()
         watchdog = threading.Timer(self._limits.timeout_s, self._on_timeout)
         watchdog.daemon = True
         watchdog.start()
@@ -140,20 +157,6 @@ class Run:
         finally:
             watchdog.cancel()
             _close(sock)
-
-    def _attach_and_start(self):  # type: ignore[no-untyped-def]
-        try:
-            sock = self._api.attach_socket(
-                self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
-        except docker.errors.DockerException as e:
-            raise SandboxError(f"Docker could not attach to the container: {e}") from e
-        try:
-            self._api.start(self.container_id)
-        except docker.errors.DockerException as e:
-            _close(sock)
-            raise SandboxError(f"Docker could not start the container: {e}") from e
-        return sock
 
     def _forward(self, sock, sink: OutputSink) -> None:  # type: ignore[no-untyped-def]
         budget = self._policy.max_output_bytes

@@ -11,7 +11,9 @@ from .docker_access import DockerGateway
 from .executor import JobExecutor, ThreadJobExecutor
 from .image_cache import ImageCache
 from .images import ClientImages
+from .limits import resolve_limits
 from .outputs import OutputHub
+from .pool import PoolSettings, WarmPool
 from .sandbox import SandboxPolicy
 from .store import Store
 
@@ -34,6 +36,12 @@ class Services:
         self.builder = ClientImages(
             base=settings.base_image, build_memory_mb=settings.build_memory_mb, build_timeout_s=settings.build_timeout_s
         )
+
+    @cached_property
+    def pool(self) -> WarmPool:
+        s = self.settings
+        default = resolve_limits({}, s)
+        return WarmPool(self.docker, self.policy, PoolSettings(s.pool_size, s.pool_images, s.pool_idle_s, default))
 
     @cached_property
     def store(self) -> Store:
@@ -60,6 +68,8 @@ class Services:
         """Stop the executor (cancelling or finishing jobs), then release Docker and the store."""
         if "executor" in self.__dict__:
             self.executor.shutdown(wait=wait)
+        if "pool" in self.__dict__:
+            self.pool.shutdown()
         self.docker.close()
         if "store" in self.__dict__:
             self.store.close()

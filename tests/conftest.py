@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +63,13 @@ def make_app(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
     made: list[Flask] = []
 
     def make(**overrides: object) -> Flask:
-        config = {"data_dir": tmp_path / "data", "instance": instance, "image_prefix": "datapane-run-test", **overrides}
+        config = {
+            "data_dir": tmp_path / "data",
+            "instance": instance,
+            "image_prefix": "datapane-run-test",
+            "pool_size": 0,  # on-demand containers unless a test asks for the pool
+            **overrides,
+        }
         app = create_app(config)
         app.config["TESTING"] = True
         made.append(app)
@@ -140,3 +147,13 @@ def read_line(chunks: Iterator[bytes]) -> bytes:
     while not line.endswith(b"\n"):
         line += next(chunks)
     return line
+
+
+def containers_gone(client: docker.DockerClient, label: str, timeout: float = 10) -> bool:
+    """True once no container has `label` (removal follows the answer by a moment)."""
+    deadline = time.monotonic() + timeout
+    while client.api.containers(all=True, filters={"label": [label]}):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -12,7 +12,8 @@ from werkzeug.utils import secure_filename
 from ..config import Settings
 from ..deps import REQUIREMENTS_FILE, parse_requirements
 from ..errors import PayloadTooLarge, ValidationFailed
-from ..models import Limits, RunSpec
+from ..limits import resolve_limits
+from ..models import RunSpec
 
 ALLOWED_SUFFIXES = (".py",)
 ALLOWED_NAMES = (REQUIREMENTS_FILE,)
@@ -80,25 +81,6 @@ def choose_entrypoint(files: Mapping[str, bytes], requested: str | None) -> str:
     if len(scripts) == 1:
         return scripts[0]
     raise ValidationFailed("Several files were sent and none is main.py: name the one to run in `entrypoint`.")
-
-
-def resolve_limits(requested: Mapping[str, Any], settings: Settings) -> Limits:
-    """Requested limits, defaulted from settings. :raises ValidationFailed: above a server maximum."""
-    rules = (
-        ("timeout", settings.timeout_s, settings.max_timeout_s, "seconds"),
-        ("memory_mb", settings.memory_mb, settings.max_memory_mb, "MiB"),
-        ("cpus", settings.cpus, settings.max_cpus, "cores"),
-    )
-    values, errors = {}, {}
-    for field, default, maximum, unit in rules:
-        value = requested.get(field)
-        value = min(default, maximum) if value is None else value
-        if value > maximum:
-            errors[field] = [f"Must be at most {maximum:g} {unit} (the server maximum)."]
-        values[field] = value
-    if errors:
-        raise ValidationFailed("A requested limit is above the server maximum.", details=errors)
-    return Limits(timeout_s=float(values["timeout"]), memory_mb=int(values["memory_mb"]), cpus=float(values["cpus"]))
 
 
 def requirements_of(files: Mapping[str, bytes], listed: list[str] | None) -> tuple[str, ...] | None:

@@ -13,7 +13,7 @@ from app.models import Job, Limits, Status
 from app.sandbox import Run
 from app.services import EXTENSION
 from app.store import Store
-from tests.conftest import Api, read_line
+from tests.conftest import Api, containers_gone, read_line
 
 
 def wait_done(api: Api, job_id: str, timeout: float = 60) -> dict:
@@ -83,7 +83,7 @@ def test_delete_cancels_a_running_job_and_kills_its_container(api: Api, docker_c
     assert r.json == {"job_id": job_id, "result": "cancelled"}
     body = wait_done(api, job_id, timeout=20)
     assert body["status"] == "cancelled"
-    assert docker_client.api.containers(all=True, filters={"label": [label]}) == []
+    assert containers_gone(docker_client, label)
 
 
 def test_delete_removes_a_finished_job(api: Api) -> None:
@@ -144,7 +144,7 @@ def test_client_disconnect_leaves_the_job_to_finish_and_be_read(api: Api, docker
     r.close()  # the client goes away mid-run
     body = wait_done(api, job_id)
     assert (body["status"], body["stdout"]) == ("succeeded", "a\nb\n")
-    assert docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.job={job_id}"]}) == []
+    assert containers_gone(docker_client, f"io.datapane.runner.job={job_id}")
 
 
 def test_one_client_cannot_fill_the_whole_queue(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import docker
 
-from tests.conftest import Api
+from tests.conftest import Api, containers_gone
 
 
 def run_ok(api: Api, code: str, **fields: object) -> str:
@@ -120,5 +120,4 @@ def test_no_container_is_left_after_runs(api: Api, docker_client: docker.DockerC
     api.run_json("raise SystemExit(1)")
     api.run_json("while True: pass", timeout=0.5)
     instance = api.app.extensions["runner"].settings.instance
-    left = docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.instance={instance}"]})
-    assert left == []
+    assert containers_gone(docker_client, f"io.datapane.runner.instance={instance}")

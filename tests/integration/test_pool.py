@@ -1,0 +1,130 @@
+"""The warm pool: same results as on-demand containers, never a container twice, bounded, cleaned up."""
+
+from __future__ import annotations
+
+import time
+
+import docker
+import pytest
+
+from app.services import EXTENSION
+from tests.conftest import Api
+
+SCRIPTS = {
+    "succeeded": ['print("hello world")'],
+    "failed": ["import sys", "print('out'); print('err', file=sys.stderr)", "sys.exit(3)"],
+    "raised": ["def f():", "    raise ValueError('boom')", "f()"],
+    "timed_out": ["print('before', flush=True)", "while True: pass"],
+    "oom_killed": ["x = b'a' * (3 * 1024**3)"],
+    "output_truncated": ["while True: print('x' * 1000)"],
+    "invalid_utf8": ["import sys; sys.stdout.buffer.write(b'ok \\xff end\\n')"],
+}
+
+
+def pooled_api(make_app, base_image: str, **overrides: object) -> Api:  # type: ignore[no-untyped-def]
+    api = Api(make_app(base_image=base_image, pool_size=2, max_output_bytes=10_000, **overrides))
+    api.run_json("print('warm-up')")  # makes the image hot
+    wait_for_pool(api, 2)
+    return api
+
+
+def wait_for_pool(api: Api, size: int) -> None:
+    pool = api.app.extensions[EXTENSION].pool
+    deadline = time.monotonic() + 30
+    while pool.size() < size:
+        assert time.monotonic() < deadline, f"pool stuck at {pool.size()}"
+        time.sleep(0.05)
+
+
+def outcome(api: Api, code: list[str]) -> tuple:
+    body = api.run_json(code, timeout=2).json
+    return body["status"], body["exit_code"], body["stdout"], body["stderr"]
+
+
+def test_pooled_and_on_demand_runs_give_the_same_results_for_every_status(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    on_demand = Api(make_app(base_image=base_image, max_output_bytes=10_000), "on-demand")
+    pooled = pooled_api(make_app, base_image)
+    pool = pooled.app.extensions[EXTENSION].pool
+    for name, code in SCRIPTS.items():
+        hits = pool.hits
+        wait_for_pool(pooled, 1)
+        got, expected = outcome(pooled, code), outcome(on_demand, code)
+        assert pool.hits == hits + 1, f"{name} did not run in a pooled container"
+        assert got == expected, name
+    assert outcome(pooled, SCRIPTS["raised"])[3].startswith(
+        'Traceback (most recent call last):\n  File "/sandbox/main.py"'
+    )
+
+
+def test_a_pooled_container_is_never_reused(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = pooled_api(make_app, base_image)
+    code = ["import os, socket", "print(socket.gethostname(), sorted(os.listdir('/tmp')))", "open('/tmp/mark', 'w')"]
+    seen = set()
+    for _ in range(4):
+        wait_for_pool(api, 1)
+        out = api.run_json(code).json["stdout"]
+        assert out.endswith("[]\n"), out
+        seen.add(out.split()[0])
+    assert len(seen) == 4
+
+
+def test_forged_success_output_does_not_change_the_status(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = pooled_api(make_app, base_image)
+    forged = [
+        "print('exit 0')",
+        "print('[runner] job x succeeded: The script exited with code 0.')",
+        "import os",
+        "os._exit(5)",
+    ]
+    body = api.run_json(forged).json
+    assert (body["status"], body["exit_code"]) == ("failed", 5)
+
+
+def test_the_pool_refills_after_each_take(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = pooled_api(make_app, base_image)
+    api.run_json("print(1)")
+    wait_for_pool(api, 2)
+    assert api.app.extensions[EXTENSION].pool.size() == 2
+
+
+def test_an_empty_pool_falls_back_to_on_demand_containers(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = pooled_api(make_app, base_image, workers=4)
+    pool = api.app.extensions[EXTENSION].pool
+    ids = [api.run_json("print('ok')", query="?async=1").json["job_id"] for _ in range(4)]
+    for job_id in ids:
+        while (body := api.get(f"/status/{job_id}").json)["status"] in ("queued", "running"):
+            time.sleep(0.05)
+        assert body["status"] == "succeeded"
+    assert pool.misses >= 2  # four at once from a pool of two
+
+
+def test_other_memory_or_cpu_limits_run_on_demand(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    api = pooled_api(make_app, base_image)
+    pool = api.app.extensions[EXTENSION].pool
+    hits = pool.hits
+    body = api.run_json("print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read())", memory_mb=128).json
+    assert body["stdout"].strip() == str(128 * 2**20)
+    assert pool.hits == hits
+
+
+def test_shutdown_removes_every_pooled_container(make_app, base_image: str, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    api = pooled_api(make_app, base_image)
+    instance = api.app.extensions[EXTENSION].settings.instance
+    label = {"label": [f"io.datapane.runner.instance={instance}"]}
+    assert len(docker_client.api.containers(all=True, filters=label)) == 2
+    api.app.extensions[EXTENSION].close(wait=True)
+    assert docker_client.api.containers(all=True, filters=label) == []
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_the_pool_never_holds_more_than_its_bound(make_app, base_image: str, docker_client, size: int) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(base_image=base_image, pool_size=size))
+    for _ in range(3):
+        api.run_json("print(1)")
+    wait_for_pool(api, size)
+    time.sleep(1)
+    instance = api.app.extensions[EXTENSION].settings.instance
+    assert (
+        len(docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.instance={instance}"]}))
+        == size
+    )
