@@ -95,6 +95,8 @@ def _build_and_run(
     if token.cancelled:
         return RunOutcome.cancelled_before_start()
     run = svc.pool.take(image_id, spec.limits) or Run(docker, image_id, spec.limits, svc.policy, labels)
+    if svc.pool.enabled:
+        cleanup.callback(svc.pool.replenish, image_id)  # runs after the removal below
     cleanup.callback(run.remove)
     token.on_cancel(run.cancel)
     job.started_at = time.time()

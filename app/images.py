@@ -80,6 +80,7 @@ class ClientImages:
         self._guard = threading.Lock()
         self._environments: dict[str, ImageEnvironment] = {}
         self._base_seen: tuple[str, float] | None = None
+        self._tagged: dict[str, str] = {}  # client tag -> base id it was seen to name
 
     def environment(self, client: docker.DockerClient, labels: dict[str, str]) -> ImageEnvironment:
         """What the base image's Python provides, asked of the image itself once per base image id."""
@@ -98,7 +99,11 @@ class ClientImages:
         base_id = self.base_id(client)
         with self._lock_for(tag):
             if not requirements:  # the client's tag names the base image itself: every pool of it is shared
-                return base_id, _tag(client, base_id, tag)
+                if self._tagged.get(tag) != base_id:
+                    moved = _tag(client, base_id, tag)
+                    self._tagged[tag] = base_id
+                    return base_id, moved
+                return base_id, False
             current = _current(client, tag, base_id)
             if current is not None:
                 return current, False

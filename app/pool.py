@@ -65,12 +65,14 @@ class WarmPool:
                 self.misses += 1
             else:
                 self.hits += 1
-        self._schedule(image_id)
-        if taken is not None:
+        if taken is None:
+            self.replenish(image_id)
+        else:
             taken.set_timeout(limits.timeout_s)  # the wall clock is the service's, not the container's
         return taken
 
-    def _schedule(self, image_id: str) -> None:
+    def replenish(self, image_id: str) -> None:
+        """Start replacements for `image_id`'s taken containers (after a run, so they don't slow it down)."""
         with self._lock:
             have = len(self._ready.get(image_id, [])) + self._pending.get(image_id, 0)
             missing = self._settings.size_per_image - have

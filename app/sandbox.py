@@ -151,7 +151,7 @@ class Run:
             with contextlib.suppress(OSError):  # the container may already be gone; Docker says how it ended
                 _send_all(sock, encode_payload(files, entrypoint))
             self._forward(sock, sink)
-            return self._judge()
+            return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"])
         except docker.errors.DockerException as e:
             raise SandboxError(f"Docker failed during the run: {e}") from e
         finally:
@@ -170,12 +170,12 @@ class Run:
                 # Kill from another thread: Docker waits for the output to drain before the kill returns.
                 threading.Thread(target=self.kill, daemon=True).start()
 
-    def _judge(self) -> RunOutcome:
-        state = self._api.wait(self.container_id, timeout=30)
-        info = self._api.inspect_container(self.container_id)["State"]
+    def _judge(self, exit_code: int) -> RunOutcome:
+        # A clean exit needs no second look; any other one may be the kernel's OOM killer.
+        oom = exit_code != 0 and bool(self._api.inspect_container(self.container_id)["State"].get("OOMKilled"))
         return RunOutcome(
-            exit_code=state.get("StatusCode"),
-            oom_killed=bool(info.get("OOMKilled")),
+            exit_code=exit_code,
+            oom_killed=oom,
             timed_out=self._timed_out.is_set(),
             output_truncated=self._killed_for_output,
             cancelled=self._cancelled.is_set(),

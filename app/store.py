@@ -48,6 +48,7 @@ class Store:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a crash of the service
             self._db.executescript(SCHEMA)
 
     def close(self) -> None:
