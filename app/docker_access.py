@@ -31,6 +31,8 @@ class DockerGateway:
                         self._client = docker.from_env(max_pool_size=self._pool_size)
                 except docker.errors.DockerException as e:
                     raise DockerUnavailable(f"The Docker engine is not reachable: {e}") from e
+                # No proxy or netrc lookups (files read on every call): the engine is local or explicitly named.
+                self._client.api.trust_env = False
             return self._client
 
     def ping(self) -> bool:

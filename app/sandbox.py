@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -49,17 +47,40 @@ class SandboxPolicy:
     instance: str
 
 
+def hardened_host_config(
+    api: docker.APIClient, limits: Limits, policy: SandboxPolicy, log_driver: str = "none"
+) -> dict:
+    """Every run's isolation: limits, no network, read-only root, small noexec scratch, no privileges."""
+    mem = f"{limits.memory_mb}m"
+    # Docker adds nodev itself; naming it here makes Docker drop the mode option.
+    scratch = f"rw,noexec,nosuid,size={policy.tmpfs_mb}m"
+    return api.create_host_config(
+        mem_limit=mem,
+        memswap_limit=mem,
+        nano_cpus=int(limits.cpus * 1e9),
+        pids_limit=policy.pids_limit,
+        network_mode="none",
+        read_only=True,
+        tmpfs={WORKDIR: f"{scratch},uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700", "/tmp": f"{scratch},mode=1777"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        ipc_mode="private",
+        log_config={"type": log_driver, "config": {}},  # no log by default: a flood must not fill the host's disk
+        ulimits=[docker.types.Ulimit(name="nofile", soft=256, hard=256)],
+    )
+
+
 def container_labels(instance: str, **extra: str) -> dict[str, str]:
     """Labels that let a later start find and remove leftovers of this service."""
     return {LABEL: "1", f"{LABEL}.instance": instance, **{f"{LABEL}.{k}": v for k, v in extra.items()}}
 
 
 def encode_payload(files: dict[str, bytes], entrypoint: str) -> bytes:
-    """The message the agent reads from stdin."""
-    body = json.dumps(
-        {"files": {n: base64.b64encode(d).decode() for n, d in files.items()}, "entrypoint": entrypoint}
-    ).encode()
-    return str(len(body)).encode() + b"\n" + body
+    """The message the agent reads from stdin. Names are safe (no whitespace: see check_file_name)."""
+    parts = [f"{entrypoint}\n{len(files)}\n".encode()]
+    for name, data in files.items():
+        parts += [f"{name} {len(data)}\n".encode(), data]
+    return b"".join(parts)
 
 
 class Run:
@@ -86,29 +107,10 @@ class Run:
                 network_disabled=True,
                 labels=container_labels(policy.instance, **labels),
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},
-                host_config=self._host_config(),
+                host_config=hardened_host_config(self._api, limits, policy),
             )["Id"]
         except docker.errors.DockerException as e:
             raise SandboxError(f"Docker could not create the container: {e}") from e
-
-    def _host_config(self) -> dict:
-        mem = f"{self._limits.memory_mb}m"
-        # Docker adds nodev itself; naming it here makes Docker drop the mode option.
-        scratch = f"rw,noexec,nosuid,size={self._policy.tmpfs_mb}m"
-        return self._api.create_host_config(
-            mem_limit=mem,
-            memswap_limit=mem,
-            nano_cpus=int(self._limits.cpus * 1e9),
-            pids_limit=self._policy.pids_limit,
-            network_mode="none",
-            read_only=True,
-            tmpfs={WORKDIR: f"{scratch},uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700", "/tmp": f"{scratch},mode=1777"},
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            ipc_mode="private",
-            log_config={"type": "none", "config": {}},
-            ulimits=[docker.types.Ulimit(name="nofile", soft=256, hard=256)],
-        )
 
     def __enter__(self) -> Run:
         return self

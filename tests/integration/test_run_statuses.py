@@ -95,3 +95,21 @@ def test_script_gets_empty_stdin(api: Api) -> None:
     r = api.run_json("import sys; print(repr(sys.stdin.read()))", timeout=5)
     assert r.json["status"] == "succeeded"
     assert r.json["stdout"] == "''\n"
+
+
+def test_script_runs_as_main_like_python_would_run_it(api: Api) -> None:
+    code = [
+        "import sys, os",
+        "print(__name__, __file__, sys.argv, os.getcwd(), sys.modules['__main__'].__file__)",
+        "if __name__ == '__main__':",
+        "    print('main block')",
+    ]
+    r = api.run_json(code)
+    assert r.json["stdout"] == "__main__ /sandbox/main.py ['main.py'] /sandbox /sandbox/main.py\nmain block\n"
+
+
+def test_syntax_error_is_reported_like_python_does(api: Api) -> None:
+    r = api.run_json("print('unclosed'")
+    assert (r.json["status"], r.json["exit_code"]) == ("failed", 1)
+    assert r.json["stderr"].startswith('  File "/sandbox/main.py", line 1')
+    assert "SyntaxError" in r.json["stderr"]
