@@ -59,7 +59,7 @@ def _ensure_base(settings: Settings, mode: str, rebuild: bool = False) -> None:
                 raise
             click.echo(f"online build failed ({e}); building offline with debootstrap", err=True)
             build_base_image(docker, settings.base_image, offline=True, log=lambda s: click.echo(s, err=True))
-    except (RunnerError, BaseImageBuildError) as e:
+    except RunnerError as e:
         raise click.ClickException(str(e)) from e
     finally:
         svc.close()

@@ -59,6 +59,15 @@ class BuildFailed(RunnerError):
     status, code = 500, "build_failed"
 
 
+class BaseImageBuildError(RunnerError):
+    """The base image could not be built; the message carries the tail of the log."""
+
+    status, code = 500, "base_image_build_failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
 class SandboxError(RunnerError):
     """Docker refused or broke during a run."""
 
