@@ -1,0 +1,76 @@
+"""HTTP calls to the service: a JSON-mode run and a streamed run's time to first byte."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+HELLO_CODE = "print('hello world')"
+
+
+class RequestRejected(Exception):
+    """The service answered with an HTTP error."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True)
+class RunSample:
+    """One JSON-mode run: client-side latency and the job's own timestamps, in seconds."""
+
+    latency: float
+    server_total: float  # job created_at -> finished_at
+    container: float  # job duration_ms: container started -> removed
+
+
+class ServiceClient:
+    """Posts runs with a keep-alive session per thread."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self._url = f"{url}/run-json"
+        self._headers = {"Authorization": f"Bearer {key}"}
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def run(self, code: str = HELLO_CODE, expect: str = "hello world\n", **fields: Any) -> RunSample:
+        """One run awaited as JSON; raises unless it succeeded with the expected stdout."""
+        body = {"script_name": "main.py", "code": code, **fields}
+        headers = {**self._headers, "Accept": "application/json"}
+        start = time.perf_counter()
+        r = self._session().post(self._url, json=body, headers=headers, timeout=600)
+        latency = time.perf_counter() - start
+        if r.status_code != 200:
+            raise RequestRejected(r.status_code, r.text)
+        job = r.json()
+        if job.get("status") != "succeeded" or job.get("stdout") != expect:
+            detail = {k: job.get(k) for k in ("status", "message", "stdout", "stderr")}
+            tail = (job.get("build_log") or "")[-1500:]
+            raise RuntimeError(f"run did not succeed: {detail}\n{tail}")
+        total = (job["finished_at"] or 0) - job["created_at"]
+        return RunSample(latency, total, (job.get("duration_ms") or 0) / 1000)
+
+    def first_byte(self, code: str = HELLO_CODE) -> float:
+        """Seconds from sending a streamed (text/plain) run to its first body byte; reads it to the end."""
+        body = {"script_name": "main.py", "code": code}
+        start = time.perf_counter()
+        with self._session().post(self._url, json=body, headers=self._headers, stream=True, timeout=600) as r:
+            if r.status_code != 200:
+                raise RequestRejected(r.status_code, r.text)
+            chunks = r.iter_content(chunk_size=1)
+            first = next(chunks, b"")
+            ttfb = time.perf_counter() - start
+            rest = b"".join(chunks)
+        if first + rest != b"hello world\n":
+            raise RuntimeError(f"unexpected streamed output {(first + rest)[:300]!r}")
+        return ttfb

@@ -1,0 +1,68 @@
+"""Docker's own timestamps of the bench's containers: where a run's time goes, engine side."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import defaultdict
+from typing import Any
+
+import docker
+
+STEPS = (("create", "start"), ("start", "die"), ("die", "destroy"))
+
+
+class EventLog:
+    """Records create/start/die/destroy times of an instance's containers while open; a context manager."""
+
+    def __init__(self, client: docker.DockerClient, instance: str) -> None:
+        self._client = client
+        self._filters = {"type": "container", "label": [f"io.datapane.runner.instance={instance}"]}
+        self._times: dict[str, dict[str, float]] = defaultdict(dict)
+        self._kinds: dict[str, str] = {}
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> EventLog:
+        self._stream = self._client.api.events(filters=self._filters, decode=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+        self._thread.join(timeout=5)
+
+    def _read(self) -> None:
+        try:
+            for ev in self._stream:
+                action, cid = ev.get("Action", ""), ev.get("id", "")
+                attrs = ev.get("Actor", {}).get("Attributes", {})
+                with self._lock:
+                    self._times[cid].setdefault(action, ev["timeNano"] / 1e9)
+                    self._kinds.setdefault(cid, "floor" if attrs.get("io.datapane.bench") == "floor" else "service")
+        except Exception:  # the stream closes under us at exit
+            pass
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Median seconds of each step (create->start, start->die, die->destroy) per kind of container."""
+        out: dict[str, dict[str, float]] = {}
+        with self._lock:
+            for kind in ("service", "floor"):
+                runs = [t for cid, t in self._times.items() if self._kinds.get(cid) == kind]
+                steps = {}
+                for a, b in STEPS:
+                    gaps = [t[b] - t[a] for t in runs if a in t and b in t]
+                    if gaps:
+                        steps[f"{a}->{b}"] = statistics.median(gaps)
+                if steps:
+                    out[kind] = steps
+        return out
+
+
+def describe(summary: dict[str, dict[str, float]]) -> str:
+    """One sentence for the report's notes."""
+    parts = [
+        f"{kind}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()) for kind, steps in summary.items()
+    ]
+    return "Docker events, medians per container (" + "; ".join(parts) + ")."
