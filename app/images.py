@@ -214,7 +214,13 @@ def _build(
             network_mode="none", container_limits={"memory": memory_mb * 2**20, "memswap": memory_mb * 2**20},
             timeout=timeout_s, decode=True,
         )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
         for entry in stream:
+            if time.monotonic() > deadline:  # closing the stream makes Docker cancel the build
+                raise BuildFailed(
+                    f"Building image {tag} took longer than {timeout_s:g} s.",
+                    details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},
+                )
             if "error" in entry:
                 lines.append(entry["error"].rstrip())
                 raise BuildFailed(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def submit(svc: Services, spec: RunSpec) -> Job:
     """Record a queued job and hand it to the executor. :raises QueueFull: no room for it."""
     purge_expired(svc)
+    svc.store.purge_beyond(spec.client, svc.settings.client_max_jobs)  # one client cannot fill the disk
     job = Job(
         id=secrets.token_hex(12), client=spec.client, status=Status.QUEUED, limits=spec.limits,
         entrypoint=spec.entrypoint, created_at=time.time(),

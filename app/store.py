@@ -117,6 +117,16 @@ class Store:
             cur = self._db.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,))
             return cur.rowcount
 
+    def purge_beyond(self, client: str, keep: int) -> int:
+        """Delete the client's finished jobs beyond its `keep` newest; return how many."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM jobs WHERE client = ? AND finished_at IS NOT NULL AND id NOT IN"
+                " (SELECT id FROM jobs WHERE client = ? ORDER BY created_at DESC LIMIT ?)",
+                (client, client, keep),
+            )
+            return cur.rowcount
+
     # client images
     def touch_image(self, tag: str, when: float) -> None:
         self._exec("INSERT OR REPLACE INTO images (tag, last_used) VALUES (?, ?)", (tag, when))

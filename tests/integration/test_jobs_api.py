@@ -261,3 +261,12 @@ def test_naming_another_client_in_the_body_is_403(app) -> None:  # type: ignore[
     r = api.run_json("print(1)", client="someone-else")
     assert r.status_code == 403
     assert r.json["error"]["code"] == "forbidden"
+
+
+def test_each_client_keeps_at_most_its_newest_finished_jobs(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(base_image=base_image, client_max_jobs=2)
+    api, other = Api(app, "busy"), Api(app, "quiet")
+    kept_elsewhere = other.run_json("print(0)").json["job_id"]
+    ids = [api.run_json(f"print({i})").json["job_id"] for i in range(4)]
+    assert [j["job_id"] for j in api.get("/jobs").json["jobs"]] == ids[::-1][:3]  # 2 kept + the newest
+    assert other.get(f"/status/{kept_elsewhere}").status_code == 200
