@@ -73,6 +73,8 @@ def parse_requirements(lines: Iterable[str]) -> tuple[str, ...]:
             continue
         if line.startswith("-"):
             raise ValidationFailed(f"Requirement {line!r}: pip options are not allowed; list package specifiers only.")
+        if "$" in line or "\\" in line:
+            raise ValidationFailed(f"Requirement {line!r}: '$' and '\\' are not allowed in specifiers.")
         try:
             req = Requirement(line)
         except InvalidRequirement as e:

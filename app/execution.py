@@ -99,6 +99,7 @@ def _build_and_run(
         cleanup.callback(svc.pool.replenish, image_id)  # runs after the removal below
     cleanup.callback(run.remove)
     token.on_cancel(run.cancel)
+    log.info("job %s of %s runs in container %s", job.id, spec.client, run.container_id[:12])
     job.started_at = time.time()
     return run.execute(spec.files, spec.entrypoint, recorder.write)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 
 from .deps import ImageEnvironment
 from .errors import BuildFailed, DockerUnavailable
@@ -147,7 +148,7 @@ def _deps_context(
 ) -> dict[str, bytes]:
     (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
     try:
-        download_wheels(tmp / "requirements.txt", tmp / "wheels", wheel_platforms(client), log, timeout_s)
+        download_wheels(requirements, tmp / "wheels", wheel_platforms(client), log, timeout_s)
     except WheelDownloadFailed as e:
         named = f"Could not install {e.requirement!r}" if e.requirement else "Could not install the requirements"
         raise BuildFailed(
@@ -232,7 +233,7 @@ def _build(
                 lines.append(text)
                 if not text.lstrip().startswith(BUILDER_CHATTER):
                     log(text)
-    except docker.errors.DockerException as e:
+    except (docker.errors.DockerException, requests.RequestException) as e:
         raise BuildFailed(
             f"Docker could not build image {tag}: {e}",
             details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},

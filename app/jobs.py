@@ -83,6 +83,7 @@ def recover(svc: Services) -> tuple[int, int]:
         finish(job, Status.INTERNAL_ERROR, "The service stopped before this job ended; submit it again.")
         svc.store.save_job(job)
     purge_expired(svc)
+    svc.pool.warm(svc.builder.base_id(svc.docker.client))  # the image of every run without packages
     return removed, len(interrupted)
 
 

@@ -66,7 +66,7 @@ class RunOutcome:
     def status(self) -> Status:
         if self.cancelled and self.exit_code != 0:  # a cancel that came after a clean exit changes nothing
             return Status.CANCELLED
-        if self.timed_out:
+        if self.timed_out and self.exit_code != 0:  # a timer that fired just after a clean exit changes nothing
             return Status.TIMED_OUT
         if self.oom_killed:
             return Status.OOM_KILLED

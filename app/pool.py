@@ -44,27 +44,47 @@ class WarmPool:
         self._refills: queue.Queue[str | None] = queue.Queue()
         self._closed = False
         self._worker: threading.Thread | None = None
+        self._pinned: set[str] = set()
         self.hits = self.misses = 0
 
     @property
     def enabled(self) -> bool:
         return self._settings.size_per_image > 0
 
+    def warm(self, image_id: str) -> None:
+        """Keep `image_id` hot from now on (never reaped or evicted), e.g. the base image at start."""
+        if not self.enabled:
+            return
+        with self._lock:
+            self._pinned.add(image_id)
+            self._ready.setdefault(image_id, [])
+        self.replenish(image_id)
+
     def take(self, image_id: str, limits: Limits) -> Run | None:
         """A started run for `image_id` with `limits`, or None (the caller starts one on demand)."""
         pooled = self._settings.limits
         if not self.enabled or (limits.memory_mb, limits.cpus) != (pooled.memory_mb, pooled.cpus):
             return None
+        dead: list[Run] = []
         with self._lock:
             if self._closed:
                 return None
             warm = self._ready.setdefault(image_id, [])
             self._ready.move_to_end(image_id)
-            taken = warm.pop(0).run if warm else None
+            dead += self._evict_cold_images(keep=image_id)
+            taken = None
+            while warm and taken is None:
+                candidate = warm.pop(0).run
+                if candidate.alive():
+                    taken = candidate
+                else:  # killed behind our back (an engine restart, an operator): never hand it out
+                    dead.append(candidate)
             if taken is None:
                 self.misses += 1
             else:
                 self.hits += 1
+        for run in dead:
+            run.remove()
         if taken is None:
             self.replenish(image_id)
         else:
@@ -74,12 +94,14 @@ class WarmPool:
     def replenish(self, image_id: str) -> None:
         """Start replacements for `image_id`'s taken containers (after a run, so they don't slow it down)."""
         with self._lock:
-            have = len(self._ready.get(image_id, [])) + self._pending.get(image_id, 0)
+            if self._closed or image_id not in self._ready:
+                return
+            have = len(self._ready[image_id]) + self._pending.get(image_id, 0)
             missing = self._settings.size_per_image - have
-            if missing <= 0 or self._closed:
+            if missing <= 0:
                 return
             self._pending[image_id] = self._pending.get(image_id, 0) + missing
-            if self._worker is None:
+            if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._refill_loop, name="warm-pool", daemon=True)
                 self._worker.start()
         for _ in range(missing):
@@ -90,12 +112,15 @@ class WarmPool:
             try:
                 image_id = self._refills.get(timeout=max(self._settings.idle_s / 4, 1))
             except queue.Empty:
-                self._reap_idle()
-                continue
+                image_id = ""
             if image_id is None:
                 return
-            self._refill_one(image_id)
-            self._reap_idle()
+            try:
+                if image_id:
+                    self._refill_one(image_id)
+                self._reap_idle()
+            except Exception:  # the pool must outlive any one failure; a run then starts on demand
+                log.exception("warm pool refill failed")
 
     def _refill_one(self, image_id: str) -> None:
         run = None
@@ -110,28 +135,38 @@ class WarmPool:
             if run is not None:
                 run.remove()
             run = None
-        with self._lock:
-            self._pending[image_id] -= 1
-            if run is not None and image_id in self._ready and not self._closed:
-                self._ready[image_id].append(_Warm(run, time.monotonic()))
-                run = None
-            evicted = self._evict_cold_images()
-        for stale in ([run] if run is not None else []) + evicted:
-            stale.remove()
+        finally:
+            with self._lock:
+                self._pending[image_id] = max(self._pending.get(image_id, 0) - 1, 0)
+                if run is not None and image_id in self._ready and not self._closed:
+                    self._ready[image_id].append(_Warm(run, time.monotonic()))
+                    run = None
+        if run is not None:  # evicted or shut down meanwhile
+            run.remove()
 
-    def _evict_cold_images(self) -> list[Run]:
-        """Beyond max_images hot images, drop the coldest image's containers (lock held)."""
+    def _evict_cold_images(self, keep: str) -> list[Run]:
+        """Beyond max_images hot images, drop the coldest unpinned images' containers (lock held)."""
         evicted: list[Run] = []
-        while len(self._ready) > self._settings.max_images:
-            _, warm = self._ready.popitem(last=False)
-            evicted += [w.run for w in warm]
+        for image_id in list(self._ready):
+            if len(self._ready) <= self._settings.max_images:
+                break
+            if image_id != keep and image_id not in self._pinned:
+                evicted += [w.run for w in self._ready.pop(image_id)]
         return evicted
 
     def _reap_idle(self) -> None:
         cutoff = time.monotonic() - self._settings.idle_s
         with self._lock:
-            stale = [w.run for warm in self._ready.values() for w in warm if w.ready_at < cutoff]
+            stale = [
+                w.run
+                for image_id, warm in self._ready.items()
+                if image_id not in self._pinned
+                for w in warm
+                if w.ready_at < cutoff
+            ]
             for image_id, warm in list(self._ready.items()):
+                if image_id in self._pinned:
+                    continue
                 fresh = [w for w in warm if w.ready_at >= cutoff]
                 if len(fresh) < len(warm) and not fresh:
                     del self._ready[image_id]  # gone cold: no longer refilled until used again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -14,12 +15,15 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 from docker.utils.socket import frames_iter
 
 from .errors import SandboxError
 from .models import Limits, RunOutcome
 
 log = logging.getLogger(__name__)
+# docker-py lets the HTTP layer's own errors through (a restarting engine, a read timeout).
+DOCKER_ERRORS = (docker.errors.DockerException, requests.RequestException)
 LABEL = "io.datapane.runner"
 WORKDIR = "/sandbox"
 SANDBOX_UID = SANDBOX_GID = 1000  # the `python` user of the base image
@@ -109,7 +113,7 @@ class Run:
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},
                 host_config=hardened_host_config(self._api, limits, policy),
             )["Id"]
-        except docker.errors.DockerException as e:
+        except DOCKER_ERRORS as e:
             raise SandboxError(f"Docker could not create the container: {e}") from e
 
     def __enter__(self) -> Run:
@@ -117,6 +121,14 @@ class Run:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    def alive(self) -> bool:
+        """A started container whose agent still waits: its output stream is silent and open."""
+        sock = self._sock
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        return not readable  # the agent says nothing before its run: anything readable is death (EOF)
 
     def set_timeout(self, timeout_s: float) -> None:
         """The wall-clock limit of the run, counted from the hand-over of its files."""
@@ -131,11 +143,11 @@ class Run:
                 sock = self._api.attach_socket(
                     self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
                 )
-            except docker.errors.DockerException as e:
+            except DOCKER_ERRORS as e:
                 raise SandboxError(f"Docker could not attach to the container: {e}") from e
             try:
                 self._api.start(self.container_id)
-            except docker.errors.DockerException as e:
+            except DOCKER_ERRORS as e:
                 _close(sock)
                 raise SandboxError(f"Docker could not start the container: {e}") from e
             self._sock = sock
@@ -154,7 +166,7 @@ class Run:
                 _send_all(sock, encode_payload(files, entrypoint))
             self._forward(sock, sink)
             return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"])
-        except docker.errors.DockerException as e:
+        except DOCKER_ERRORS as e:
             raise SandboxError(f"Docker failed during the run: {e}") from e
         finally:
             watchdog.cancel()
@@ -194,7 +206,7 @@ class Run:
         self.kill()
 
     def kill(self) -> None:
-        with contextlib.suppress(docker.errors.DockerException):  # already stopped or gone
+        with contextlib.suppress(*DOCKER_ERRORS):  # already stopped or gone
             self._api.kill(self.container_id)
 
     def remove(self) -> None:
@@ -205,7 +217,7 @@ class Run:
                 return
             except docker.errors.NotFound:
                 return
-            except docker.errors.DockerException:
+            except DOCKER_ERRORS:
                 if attempt == 2:
                     log.exception("could not remove container %s; it will be removed at next start", self.container_id)
                 time.sleep(0.5)
@@ -228,6 +240,6 @@ def remove_leftovers(client: docker.DockerClient, instance: str) -> int:
         found = client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
         for c in found:
             client.api.remove_container(c["Id"], force=True, v=True)
-    except docker.errors.DockerException as e:
+    except DOCKER_ERRORS as e:
         raise SandboxError(f"Docker could not list or remove leftover containers: {e}") from e
     return len(found)

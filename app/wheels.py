@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import docker
@@ -49,12 +49,16 @@ def pip_environment() -> dict[str, str]:
 
 
 def download_wheels(
-    requirements_file: Path, dest: Path, platforms: Iterable[str], log: Log, timeout_s: float = 600
+    requirements: Path | Sequence[str], dest: Path, platforms: Iterable[str], log: Log, timeout_s: float = 600
 ) -> None:
     """Download wheels of the requirements and their dependencies for the image's CPython into `dest`.
 
+    `requirements` is our own requirements file, or clients' specifiers: those go as arguments, never
+    through a file, where pip would expand ${VARIABLES} from its environment.
+
     :raises WheelDownloadFailed: pip failed or took longer than `timeout_s`.
     """
+    wanted = ["-r", str(requirements)] if isinstance(requirements, Path) else ["--", *requirements]
     cmd = [
         sys.executable, "-m", "pip", "download",
         "--disable-pip-version-check", "--progress-bar=off", "--no-input",
@@ -64,7 +68,7 @@ def download_wheels(
         "--implementation", "cp",
         "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
         *(f"--platform={tag}" for tag in platforms),
-        "-r", str(requirements_file),
+        *wanted,
     ]  # fmt: skip
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:

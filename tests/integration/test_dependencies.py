@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -172,3 +173,25 @@ def test_gc_removes_the_least_recently_used_image_but_never_one_in_use(deps_app,
     assert len(client_tags(docker_client, api.app)) == 2
     api.delete(f"/jobs/{running}")
     stream.close()
+
+
+def test_the_pool_keeps_at_most_its_number_of_hot_images(deps_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+    app = deps_app(pool_size=1, pool_images=1)
+    api = Api(app)
+    pool = app.extensions[EXTENSION].pool
+    instance = app.extensions[EXTENSION].settings.instance
+    label = {"label": [f"io.datapane.runner.instance={instance}"]}
+
+    def pooled_images() -> set[str]:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = {c["ImageID"] for c in docker_client.api.containers(all=True, filters=label)}
+            if len(found) == 1 and pool.size() == 1:
+                return found
+            time.sleep(0.1)
+        raise AssertionError("the pool did not settle on one image")
+
+    api.run_json("import greetpkg")
+    deps_image = pooled_images()
+    api.run_json("print('stdlib only')")  # another image becomes hot: the first one's pool goes
+    assert pooled_images() != deps_image

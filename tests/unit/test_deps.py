@@ -65,9 +65,10 @@ def test_requirements_keep_pins_and_markers() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["-r other.txt", "--index-url http://x", "pkg @ https://x/p.whl", "bad name!!", "-e ."]
+    "line",
+    ["-r other.txt", "--index-url http://x", "pkg @ https://x/p.whl", "bad name!!", "-e .", "foo===${PIP_INDEX_URL}"],
 )
-def test_options_urls_and_nonsense_are_refused(line: str) -> None:
+def test_options_urls_variables_and_nonsense_are_refused(line: str) -> None:
     with pytest.raises(ValidationFailed):
         parse_requirements([line])
 
