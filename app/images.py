@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import tempfile
 import threading
@@ -24,7 +25,10 @@ from .wheels import WheelDownloadFailed, download_wheels, wheel_platforms
 LogSink = Callable[[str], None]
 LOG_TAIL_LINES = 40
 BASE_ID_TTL_S = 1.0
-BUILDER_CHATTER = ("--->", "Removing intermediate container", "Successfully built")
+# Build lines that tell a user nothing: layer ids, cleanup, and the steps that only set labels or the user.
+BUILDER_CHATTER = re.compile(
+    r"\s*(--->|Removing intermediate container|Successfully built|Step \d+/\d+ : (LABEL|USER))"
+)
 DEPS_DOCKERFILE = """FROM {base}
 USER root
 COPY requirements.txt /tmp/build/requirements.txt
@@ -231,7 +235,7 @@ def _build(
             text = entry.get("stream", "").rstrip()
             if text:
                 lines.append(text)
-                if not text.lstrip().startswith(BUILDER_CHATTER):
+                if not BUILDER_CHATTER.match(text):
                     log(text)
     except (docker.errors.DockerException, requests.RequestException) as e:
         raise BuildFailed(
