@@ -174,14 +174,7 @@ def test_results_survive_an_app_restart(make_app, base_image: str) -> None:  # t
 
 def test_next_start_removes_leftover_containers_and_marks_interrupted_jobs(docker_app, docker_client) -> None:  # type: ignore[no-untyped-def]
     svc = docker_app.extensions[EXTENSION]
-    job = Job(
-        id="j1",
-        client="c",
-        status=Status.RUNNING,
-        limits=Limits(1, 64, 1),
-        entrypoint="main.py",
-        created_at=time.time(),
-    )
+    job = stored_job("j1", Status.RUNNING, created_at=time.time())
     svc.store.save_job(job)
     tag = client_image_tag(svc.settings.image_prefix, "c", ())
     svc.builder.ensure(docker_client, tag=tag, client_name="c", requirements=(), log=lambda _: None)
@@ -204,36 +197,17 @@ def test_expired_results_are_gone(make_app, base_image: str) -> None:  # type: i
     assert api.get("/jobs").json["jobs"] == []
 
 
+def stored_job(job_id: str, status: Status, **times: float) -> Job:
+    """A job record as the store keeps it, for tests of the store's own rules."""
+    return Job(id=job_id, client="c", status=status, limits=Limits(1, 64, 1), entrypoint="main.py", **times)
+
+
 def test_purge_deletes_only_jobs_past_retention(app) -> None:  # type: ignore[no-untyped-def]
     svc = app.extensions[EXTENSION]
     now = time.time()
-    limits = Limits(1, 64, 1)
-    old = Job(
-        id="old",
-        client="c",
-        status=Status.SUCCEEDED,
-        limits=limits,
-        entrypoint="main.py",
-        created_at=now - 10,
-        finished_at=now - svc.settings.retention_s - 1,
-    )
-    new = Job(
-        id="new",
-        client="c",
-        status=Status.SUCCEEDED,
-        limits=limits,
-        entrypoint="main.py",
-        created_at=now,
-        finished_at=now,
-    )
-    running = Job(
-        id="running",
-        client="c",
-        status=Status.RUNNING,
-        limits=limits,
-        entrypoint="main.py",
-        created_at=now - svc.settings.retention_s - 10,
-    )
+    old = stored_job("old", Status.SUCCEEDED, created_at=now - 10, finished_at=now - svc.settings.retention_s - 1)
+    new = stored_job("new", Status.SUCCEEDED, created_at=now, finished_at=now)
+    running = stored_job("running", Status.RUNNING, created_at=now - svc.settings.retention_s - 10)
     for job in (old, new, running):
         svc.store.save_job(job)
     assert purge_expired(svc, now=now) == 1
