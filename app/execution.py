@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PROGRESS_PREFIX = "[runner] "
-ProgressLog = Callable[[str], None]
 
 
 def execute_job(svc: Services, job_id: str, spec: RunSpec, token: CancelToken) -> None:
@@ -90,13 +88,12 @@ def _build_and_run(
     image_id, built = svc.builder.ensure(
         docker, tag=tag, client_name=spec.client, requirements=requirements, log=build_log.stream
     )
-    if built and requirements:
+    if built:
         svc.images.collect(docker)
     if token.cancelled:
         return RunOutcome.cancelled_before_start()
     run = svc.pool.take(image_id, spec.limits) or Run(docker, image_id, spec.limits, svc.policy, labels)
-    if svc.pool.enabled:
-        cleanup.callback(svc.pool.replenish, image_id)  # runs after the removal below
+    cleanup.callback(svc.pool.replenish, image_id)  # runs after the removal below
     cleanup.callback(run.remove)
     token.on_cancel(run.cancel)
     log.info("job %s of %s runs in container %s", job.id, spec.client, run.container_id[:12])

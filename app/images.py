@@ -105,9 +105,8 @@ class ClientImages:
         with self._lock_for(tag):
             if not requirements:  # the client's tag names the base image itself: every pool of it is shared
                 if self._tagged.get(tag) != base_id:
-                    moved = _tag(client, base_id, tag)
+                    _tag(client, base_id, tag)
                     self._tagged[tag] = base_id
-                    return base_id, moved
                 return base_id, False
             current = _current(client, tag, base_id)
             if current is not None:
@@ -150,7 +149,6 @@ def _probe(client: docker.DockerClient, base_id: str, labels: dict[str, str]) ->
 def _deps_context(
     client: docker.DockerClient, tmp: Path, requirements: tuple[str, ...], base_id: str, timeout_s: float, log: LogSink
 ) -> dict[str, bytes]:
-    (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
     try:
         download_wheels(requirements, tmp / "wheels", wheel_platforms(client), log, timeout_s)
     except WheelDownloadFailed as e:
@@ -159,18 +157,20 @@ def _deps_context(
             f"{named}: pip found no wheel for it on the package index.",
             details={"requirement": e.requirement, "log_tail": e.tail},
         ) from e
-    files = {"Dockerfile": DEPS_DOCKERFILE.format(base=base_id).encode(), "requirements.txt": b""}
-    files["requirements.txt"] = (tmp / "requirements.txt").read_bytes()
+    files = {
+        "Dockerfile": DEPS_DOCKERFILE.format(base=base_id).encode(),
+        "requirements.txt": ("\n".join(requirements) + "\n").encode(),
+    }
     for wheel in sorted((tmp / "wheels").iterdir()):
         files[f"wheels/{wheel.name}"] = wheel.read_bytes()
     return files
 
 
-def _tag(client: docker.DockerClient, image_id: str, tag: str) -> bool:
-    """Point `tag` at `image_id` unless it already does; True when it moved."""
+def _tag(client: docker.DockerClient, image_id: str, tag: str) -> None:
+    """Point `tag` at `image_id` unless it already does."""
     try:
         if client.api.inspect_image(tag)["Id"] == image_id:
-            return False
+            return
     except docker.errors.ImageNotFound:
         pass
     repository, _, version = tag.rpartition(":")
@@ -180,7 +180,6 @@ def _tag(client: docker.DockerClient, image_id: str, tag: str) -> bool:
         raise BuildFailed(
             f"Docker could not tag image {tag}: {e}", details={"requirement": None, "log_tail": []}
         ) from e
-    return True
 
 
 def _current(client: docker.DockerClient, tag: str, base_id: str) -> str | None:

@@ -156,18 +156,13 @@ class WarmPool:
 
     def _reap_idle(self) -> None:
         cutoff = time.monotonic() - self._settings.idle_s
+        stale: list[Run] = []
         with self._lock:
-            stale = [
-                w.run
-                for image_id, warm in self._ready.items()
-                if image_id not in self._pinned
-                for w in warm
-                if w.ready_at < cutoff
-            ]
             for image_id, warm in list(self._ready.items()):
                 if image_id in self._pinned:
                     continue
                 fresh = [w for w in warm if w.ready_at >= cutoff]
+                stale += [w.run for w in warm if w.ready_at < cutoff]
                 if len(fresh) < len(warm) and not fresh:
                     del self._ready[image_id]  # gone cold: no longer refilled until used again
                 else:

@@ -88,7 +88,7 @@ def encode_payload(files: dict[str, bytes], entrypoint: str) -> bytes:
 
 
 class Run:
-    """One container's life: create, feed, stream, judge, remove. Use as a context manager."""
+    """One container's life: create, start, feed, stream, judge, remove (remove() also when it never ran)."""
 
     def __init__(
         self, client: docker.DockerClient, image: str, limits: Limits, policy: SandboxPolicy, labels: dict[str, str]
@@ -115,12 +115,6 @@ class Run:
             )["Id"]
         except DOCKER_ERRORS as e:
             raise SandboxError(f"Docker could not create the container: {e}") from e
-
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
     def alive(self) -> bool:
         """A started container whose agent still waits: its output stream is silent and open."""
@@ -211,6 +205,8 @@ class Run:
 
     def remove(self) -> None:
         """Remove the container, retrying; a failure is logged (the next start removes leftovers by label)."""
+        if self._sock is not None:  # a pooled run that never ran still holds its attach socket
+            _close(self._sock)
         for attempt in range(3):
             try:
                 self._api.remove_container(self.container_id, force=True, v=True)
@@ -220,7 +216,8 @@ class Run:
             except DOCKER_ERRORS:
                 if attempt == 2:
                     log.exception("could not remove container %s; it will be removed at next start", self.container_id)
-                time.sleep(0.5)
+                else:
+                    time.sleep(0.5)
 
 
 def _send_all(sock, data: bytes) -> None:  # type: ignore[no-untyped-def]

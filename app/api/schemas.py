@@ -76,12 +76,6 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorDetailSchema, required=True)
 
 
-class LimitsOutSchema(Schema):
-    timeout = fields.Float()
-    memory_mb = fields.Integer()
-    cpus = fields.Float()
-
-
 class JobSchema(Schema):
     job_id = fields.String(attribute="id")
     client = fields.String()
