@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from .errors import ValidationFailed
 
 REQUIREMENTS_FILE = "requirements.txt"
+MAX_REQUIREMENTS = 50
+_NAME_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_NAME = re.compile(_NAME_PATTERN)
+_OPERATOR = r"(?:==|!=|<=|>=|~=|<|>)"
+_VERSION = r"[A-Za-z0-9.+!*_-]+"  # PEP 440 characters; SpecifierSet then checks the version itself
+_SP = r"[ \t]*"  # spaces between the parts; never inside a name or a version
+_CLAUSE = re.compile(rf"{_OPERATOR}{_SP}{_VERSION}")
+_REQUIREMENT = re.compile(
+    rf"{_SP}(?P<name>{_NAME_PATTERN}){_SP}"
+    rf"(?:\[(?P<extras>{_SP}{_NAME_PATTERN}{_SP}(?:,{_SP}{_NAME_PATTERN}{_SP})*)\])?{_SP}"
+    rf"(?P<clauses>{_CLAUSE.pattern}(?:{_SP},{_SP}{_CLAUSE.pattern})*)?{_SP}"
+)
+# Checked first, so that the answer says why; the grammar above refuses them too.
+_REFUSED = [
+    (re.compile(r"\x00"), "it contains a NUL byte"),
+    (re.compile(r"^\s*-"), "pip options are not allowed"),
+    (re.compile(r"^\s*\."), "it starts with '.'"),
+    (re.compile(r"@|://"), "URLs and direct references are not allowed; name a package from the index"),
+    (re.compile(r"[/\\]"), "paths ('/' or '\\') are not allowed"),
+    (re.compile(r"\$"), "'$' is not allowed (pip expands environment variables)"),
+    (re.compile(r";"), "environment markers (';') are not allowed"),
+    (re.compile(r"==="), "arbitrary equality ('===') is not allowed"),
+    (re.compile(r"~(?!=)"), "'~' is only allowed in the '~=' operator"),
+]
+_PLAIN = "Use a package name, optional [extras], and version clauses such as '==1.2', '>=1,<2' or '~=1.4'."
 
 
 @dataclass(frozen=True)
@@ -47,10 +74,20 @@ def third_party_imports(files: Mapping[str, bytes], env: ImageEnvironment) -> se
     return {m for m in detect_imports(files) if m not in env.stdlib and m not in env.installed and m not in own}
 
 
+def check_detected_count(files: Mapping[str, bytes], installed: frozenset[str]) -> None:
+    """Refuse early a script importing more packages than a run may install (stdlib and `installed` aside).
+
+    :raises ValidationFailed: more than MAX_REQUIREMENTS candidates.
+    """
+    env = ImageEnvironment(stdlib=frozenset(sys.stdlib_module_names), installed=installed)
+    check_count(len(distributions_for(third_party_imports(files, env))), "imported packages")
+
+
 def distributions_for(imports: Iterable[str]) -> list[str]:
     """PyPI distribution names for import names (yaml -> PyYAML), by pipreqs' maintained mapping."""
     mapping = _pipreqs_mapping()
-    return sorted({mapping.get(name, name) for name in imports}, key=str.lower)
+    names = {mapping.get(name, name) for name in imports}
+    return sorted((n for n in names if is_distribution_name(n)), key=str.lower)
 
 
 @cache
@@ -62,34 +99,61 @@ def _pipreqs_mapping() -> dict[str, str]:
 
 
 def parse_requirements(lines: Iterable[str]) -> tuple[str, ...]:
-    """Validated requirement specifiers (pins honoured); options, URLs and paths are refused.
+    """Validated plain index requirements (see check_requirement), in the form pip will be given.
 
-    :raises ValidationFailed: naming the offending line.
+    Blank lines and `#` comments are skipped.
+    :raises ValidationFailed: naming the offending line, or when there are more than MAX_REQUIREMENTS.
     """
     parsed: list[str] = []
     for raw in lines:
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("-"):
-            raise ValidationFailed(f"Requirement {line!r}: pip options are not allowed; list package specifiers only.")
-        if "$" in line or "\\" in line:
-            raise ValidationFailed(f"Requirement {line!r}: '$' and '\\' are not allowed in specifiers.")
-        try:
-            req = Requirement(line)
-        except InvalidRequirement as e:
-            raise ValidationFailed(f"Requirement {line!r} is not a valid specifier: {e}") from e
-        if req.url:
-            raise ValidationFailed(f"Requirement {line!r}: direct URLs are not allowed; name a package from the index.")
-        parsed.append(str(req))
+        parsed.append(check_requirement(line))
+    check_count(len(parsed), "requirements")
     return tuple(parsed)
 
 
+def check_requirement(line: str) -> str:
+    """A plain index requirement rebuilt from its validated parts: name, extras, version clauses.
+
+    Anything pip could read as a path, a URL, an option, a marker or an arbitrary version is refused.
+    :raises ValidationFailed: naming the line and what is wrong with it.
+    """
+    for pattern, why in _REFUSED:
+        if pattern.search(line):
+            raise ValidationFailed(f"Requirement {_shown(line)} is not allowed: {why}. {_PLAIN}")
+    match = _REQUIREMENT.fullmatch(line)
+    if match is None:
+        raise ValidationFailed(f"Requirement {_shown(line)} is not a plain requirement. {_PLAIN}")
+    extras = [e.strip() for e in (match["extras"] or "").split(",") if e.strip()]
+    try:
+        clauses = (re.sub(r"[ \t]", "", c) for c in _CLAUSE.findall(match["clauses"] or ""))
+        specifiers = SpecifierSet(",".join(clauses))
+    except InvalidSpecifier as e:
+        raise ValidationFailed(f"Requirement {_shown(line)} has an invalid version: {e}. {_PLAIN}") from e
+    name = canonicalize_name(match["name"])
+    return name + (f"[{','.join(sorted(canonicalize_name(e) for e in extras))}]" if extras else "") + str(specifiers)
+
+
+def is_distribution_name(name: str) -> bool:
+    """Whether `name` is a valid distribution name (ASCII letters, digits, '.', '_', '-'; alphanumeric ends)."""
+    return _NAME.fullmatch(name) is not None
+
+
+def check_count(count: int, what: str) -> None:
+    """:raises ValidationFailed: more than MAX_REQUIREMENTS packages for one run."""
+    if count > MAX_REQUIREMENTS:
+        raise ValidationFailed(f"A run may install at most {MAX_REQUIREMENTS} packages; {count} {what} were given.")
+
+
+def _shown(line: str) -> str:
+    return repr(line if len(line) <= 100 else line[:100] + "...")
+
+
 def canonical_set(requirements: Iterable[str]) -> tuple[str, ...]:
-    """The same set always in the same form: sorted, duplicates removed, names normalised."""
-    out = set()
-    for r in requirements:
-        req = Requirement(r)
-        req.name = canonicalize_name(req.name)
-        out.add(str(req))
-    return tuple(sorted(out))
+    """The same set always in the same form: each checked and rebuilt, sorted, duplicates removed.
+
+    :raises ValidationFailed: a requirement is not a plain index requirement.
+    """
+    return tuple(sorted({check_requirement(r) for r in requirements}))

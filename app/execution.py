@@ -7,7 +7,7 @@ import time
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from .deps import canonical_set, distributions_for, third_party_imports
+from .deps import MAX_REQUIREMENTS, canonical_set, distributions_for, third_party_imports
 from .errors import BuildFailed, RunnerError
 from .executor import CancelToken
 from .images import client_image_tag
@@ -106,7 +106,10 @@ def resolve_requirements(svc: Services, spec: RunSpec, labels: dict[str, str]) -
     if spec.requirements is not None:
         return canonical_set(spec.requirements)
     env = svc.builder.environment(svc.docker.client, container_labels(svc.policy.instance, **labels))
-    return canonical_set(distributions_for(third_party_imports(spec.files, env)))
+    found = canonical_set(distributions_for(third_party_imports(spec.files, env)))
+    if len(found) > MAX_REQUIREMENTS:
+        raise BuildFailed(f"The script imports {len(found)} packages; a run may install at most {MAX_REQUIREMENTS}.")
+    return found
 
 
 def finish(job: Job, status: Status, message: str, exit_code: int | None = None) -> None:

@@ -94,6 +94,11 @@ class ClientImages:
             self._environments[base_id] = _probe(client, base_id, labels)
         return self._environments[base_id]
 
+    def known_installed(self) -> frozenset[str]:
+        """What the most recently probed base image provides (empty before the first probe)."""
+        envs = list(self._environments.values())
+        return envs[-1].installed if envs else frozenset()
+
     def ensure(
         self, client: docker.DockerClient, *, tag: str, client_name: str, requirements: tuple[str, ...], log: LogSink
     ) -> tuple[str, bool]:

@@ -10,7 +10,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from ..config import Settings
-from ..deps import REQUIREMENTS_FILE, parse_requirements
+from ..deps import REQUIREMENTS_FILE, check_detected_count, parse_requirements
 from ..errors import PayloadTooLarge, ValidationFailed
 from ..limits import resolve_limits
 from ..models import RunSpec
@@ -97,13 +97,21 @@ def requirements_of(files: Mapping[str, bytes], listed: list[str] | None) -> tup
 
 
 def build_spec(
-    client: str, files: dict[str, bytes], entrypoint: str | None, fields: Mapping[str, Any], settings: Settings
+    client: str,
+    files: dict[str, bytes],
+    entrypoint: str | None,
+    fields: Mapping[str, Any],
+    settings: Settings,
+    installed: frozenset[str] = frozenset(),
 ) -> RunSpec:
-    """A RunSpec from validated parts."""
+    """A RunSpec from validated parts; `installed` names what the base image provides, when known."""
+    requirements = requirements_of(files, fields.get("requirements"))
+    if requirements is None:
+        check_detected_count(files, installed)
     return RunSpec(
         client=client,
         files=files,
         entrypoint=choose_entrypoint(files, entrypoint),
         limits=resolve_limits(fields, settings),
-        requirements=requirements_of(files, fields.get("requirements")),
+        requirements=requirements,
     )

@@ -57,7 +57,7 @@ def run_json() -> Response:
     name = check_file_name(fields["script_name"])
     files = {name: check_size(name, fields["code"].encode(), svc.settings)}
     client = auth.client_for(fields.get("client"))
-    return _start(build_spec(client, files, name, fields, svc.settings))
+    return _start(build_spec(client, files, name, fields, svc.settings, svc.builder.known_installed()))
 
 
 @bp.post("/run-file")
@@ -97,7 +97,8 @@ def run_file() -> Response:
     svc = services()
     files = read_uploads(request.files.getlist("files[]"), svc.settings)
     client = auth.client_for(fields.get("client"))
-    return _start(build_spec(client, files, fields.get("entrypoint"), fields, svc.settings))
+    entrypoint = fields.get("entrypoint")
+    return _start(build_spec(client, files, entrypoint, fields, svc.settings, svc.builder.known_installed()))
 
 
 def _start(spec: RunSpec) -> Response:

@@ -7,6 +7,7 @@ import pytest
 from app.deps import (
     ImageEnvironment,
     canonical_set,
+    check_detected_count,
     detect_imports,
     distributions_for,
     parse_requirements,
@@ -59,18 +60,71 @@ def test_import_names_map_to_distributions(module: str, dist: str) -> None:
     assert distributions_for([module]) == [dist]
 
 
-def test_requirements_keep_pins_and_markers() -> None:
-    lines = ["# comment", "", "greetpkg==1.0", "requests>=2 ; python_version >= '3.8'  # why", "PyYAML"]
-    assert parse_requirements(lines) == ("greetpkg==1.0", 'requests>=2; python_version >= "3.8"', "PyYAML")
+def test_requirements_keep_pins_extras_and_comments() -> None:
+    lines = ["# comment", "", "greetpkg==1.0", "requests[socks] >= 2, < 3  # why", "PyYAML", "x ~= 1.4", "y==1.0.*"]
+    assert parse_requirements(lines) == ("greetpkg==1.0", "requests[socks]<3,>=2", "pyyaml", "x~=1.4", "y==1.0.*")
 
 
-@pytest.mark.parametrize(
-    "line",
-    ["-r other.txt", "--index-url http://x", "pkg @ https://x/p.whl", "bad name!!", "-e .", "foo===${PIP_INDEX_URL}"],
-)
-def test_options_urls_variables_and_nonsense_are_refused(line: str) -> None:
-    with pytest.raises(ValidationFailed):
+HOSTILE = [
+    "evil===../../../../../../tmp/someproject",
+    "EVIL===/tmp/someproject",
+    "evil === 1.0",
+    "Evil[extra]===../x",
+    "evil @ file:///tmp/someproject",
+    "evil@https://example.invalid/evil.whl",
+    "https://example.invalid/evil.whl",
+    "/tmp/someproject",
+    "./someproject",
+    "../someproject",
+    ".someproject",
+    "someproject/",
+    "C:\\someproject",
+    "~/someproject",
+    "evil~1.0",
+    "evil==1.0; python_version > '3'",
+    "evil; os_name == 'posix'",
+    "evil==${HOME}",
+    "evil==$HOME",
+    "-e .",
+    "--index-url=http://evil/",
+    "-r other.txt",
+    "evil==1 .0",
+    "evil==1.0 2",
+    "evil\x00",
+    "evil==1.0\x00",
+    "evil (==1.0)",
+    "evil<=1.*",
+    "evil==",
+    "bad name!!",
+    "évil",
+]
+
+
+@pytest.mark.parametrize("line", HOSTILE)
+def test_anything_but_a_plain_index_requirement_is_refused_naming_the_line(line: str) -> None:
+    with pytest.raises(ValidationFailed) as e:
         parse_requirements([line])
+    assert repr(line)[:40] in e.value.message
+
+
+@pytest.mark.parametrize("line", HOSTILE)
+def test_a_hostile_line_is_refused_also_inside_a_valid_set(line: str) -> None:
+    with pytest.raises(ValidationFailed):
+        canonical_set(["greetpkg", line])
+
+
+def test_module_names_that_are_no_distribution_names_are_not_installed() -> None:
+    assert distributions_for(["yaml", "évil", "_private"]) == ["PyYAML"]
+
+
+def test_at_most_fifty_requirements_per_run() -> None:
+    parse_requirements([f"pkg{i}" for i in range(50)])
+    with pytest.raises(ValidationFailed, match="at most 50"):
+        parse_requirements([f"pkg{i}" for i in range(51)])
+    many_imports = "".join(f"import pkg{i}\n" for i in range(51)).encode()
+    with pytest.raises(ValidationFailed, match="at most 50"):
+        check_detected_count({"main.py": many_imports}, frozenset())
+    check_detected_count({"main.py": many_imports}, frozenset({"pkg0"}))
 
 
 def test_the_same_set_in_any_order_or_spelling_has_one_key() -> None:
