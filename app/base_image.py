@@ -14,7 +14,7 @@ import docker.errors
 
 from .errors import BaseImageBuildError
 from .rootfs import host_mirrors, import_rootfs, remove_tree
-from .wheels import WheelDownloadFailed, download_wheels, wheel_platforms
+from .wheels import WheelDownloadFailed, download_base_wheels, wheel_platforms
 
 BASE_LABEL = "io.datapane.runner.base"
 DOCKERFILE_DIR = Path(__file__).resolve().parent.parent / "dockerfiles" / "base"
@@ -79,7 +79,7 @@ def _download_wheels(context: Path, platforms: list[str], log: Log) -> None:
     """Download the wheels of requirements.txt (and their dependencies) for CPython 3.11 into context/wheels."""
     log("downloading wheels")
     try:
-        download_wheels(context / "requirements.txt", context / "wheels", platforms, log)
+        download_base_wheels(context / "requirements.txt", context / "wheels", platforms, log)
     except WheelDownloadFailed as e:
         raise BaseImageBuildError(f"{e}\n" + "\n".join(e.tail)) from e
 

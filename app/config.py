@@ -54,6 +54,15 @@ class Settings:
     retention_s: float = _setting("RUNNER_RETENTION_S", 7 * 24 * 3600.0, "How long finished jobs are kept, in seconds.")
     build_timeout_s: float = _setting("RUNNER_BUILD_TIMEOUT_S", 600.0, "Longest a client image build may take.")
     build_memory_mb: int = _setting("RUNNER_BUILD_MEMORY_MB", 1024, "Memory limit of image builds, in MiB.")
+    max_download_mb: int = _setting(
+        "RUNNER_MAX_DOWNLOAD_MB", 1024, "Download budget of one image build's packages, in MiB; more is build_failed."
+    )
+    client_max_images: int = _setting(
+        "RUNNER_CLIENT_MAX_IMAGES", 10, "Dependency images kept per client; its least recently used goes first."
+    )
+    runtime: str = _setting(
+        "RUNNER_RUNTIME", "runc", "OCI runtime of run containers: runc, or runsc (gVisor) once registered in Docker."
+    )
     pool_size: int = _setting("RUNNER_POOL_SIZE", 2, "Pre-started containers kept per hot image; 0 turns the pool off.")
     pool_images: int = _setting("RUNNER_POOL_IMAGES", 4, "Most images with a warm pool (most recently used win).")
     pool_idle_s: float = _setting("RUNNER_POOL_IDLE_S", 300.0, "Pre-started containers unused this long are removed.")

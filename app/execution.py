@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 from .deps import MAX_REQUIREMENTS, canonical_set, distributions_for, third_party_imports
 from .errors import BuildFailed, RunnerError
 from .executor import CancelToken
-from .images import client_image_tag
+from .images import BuildHooks, client_image_tag
 from .models import Job, RunOutcome, RunSpec, Status
 from .outputs import OutputChannel
+from .redaction import client_line, redact
 from .sandbox import Run, container_labels
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def _execute(
     svc: Services, job: Job, spec: RunSpec, token: CancelToken, channel: OutputChannel, cleanup: ExitStack
 ) -> None:
     recorder = OutputRecorder(channel)
-    build_log = BuildLog(channel)
+    build_log = BuildLog(channel, job.id)
     try:
         if token.cancelled:
             finish(
@@ -55,9 +56,12 @@ def _execute(
         job.finished_at = time.time()
         finish(job, outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
     except BuildFailed as e:
-        finish(job, Status.BUILD_FAILED, e.message)
+        if token.cancelled:
+            finish(job, Status.CANCELLED, "The job was cancelled while its image was being built.")
+        else:
+            finish(job, Status.BUILD_FAILED, redact(e.message))
     except RunnerError as e:
-        finish(job, Status.INTERNAL_ERROR, e.message)
+        finish(job, Status.INTERNAL_ERROR, redact(e.message))
     except Exception:
         log.exception("job %s failed unexpectedly", job.id)
         finish(job, Status.INTERNAL_ERROR, "The service failed while running this job; it has been logged.")
@@ -85,11 +89,17 @@ def _build_and_run(
     requirements = resolve_requirements(svc, spec, labels)
     tag = client_image_tag(svc.settings.image_prefix, spec.client, requirements)
     cleanup.enter_context(svc.images.using(tag))
+    hooks = BuildHooks(
+        log=build_log.stream,
+        labels=container_labels(svc.policy.instance, **labels, purpose="download"),
+        on_cancel=token.on_cancel,
+        cancelled=lambda: token.cancelled,
+    )
     image_id, built = svc.builder.ensure(
-        docker, tag=tag, client_name=spec.client, requirements=requirements, log=build_log.stream
+        docker, tag=tag, client_name=spec.client, requirements=requirements, hooks=hooks
     )
     if built:
-        svc.images.collect(docker)
+        svc.images.admit(docker, tag, spec.client)
     if token.cancelled:
         return RunOutcome.cancelled_before_start()
     run = svc.pool.take(image_id, spec.limits) or Run(docker, image_id, spec.limits, svc.policy, labels)
@@ -132,15 +142,21 @@ def describe(outcome: RunOutcome, job: Job) -> str:
 
 
 class BuildLog:
-    """Lines of an image build: kept for the job, and streamed to followers before the script's output."""
+    """Lines of an image build: whole in the service's log; without host details kept for the job and
+    streamed to followers before the script's output."""
 
-    def __init__(self, channel: OutputChannel) -> None:
+    def __init__(self, channel: OutputChannel, job_id: str) -> None:
         self._channel = channel
+        self._job_id = job_id
         self._lines: list[str] = []
 
     def stream(self, line: str) -> None:
-        self._lines.append(line)
-        self._channel.write(f"{PROGRESS_PREFIX}{line}\n".encode())
+        log.info("job %s build: %s", self._job_id, line)
+        shown = client_line(line)
+        if shown is None:
+            return
+        self._lines.append(shown)
+        self._channel.write(f"{PROGRESS_PREFIX}{shown}\n".encode())
 
     @property
     def text(self) -> str:

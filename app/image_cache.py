@@ -9,20 +9,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import docker
-import docker.errors
 
-from .sandbox import LABEL
+from .errors import BuildFailed
+from .sandbox import DOCKER_ERRORS, LABEL
 from .store import Store
 
 
 class ImageCache:
     """Knows which client images are in use and when each was last used; evicts beyond a count or disk budget."""
 
-    def __init__(self, store: Store, *, prefix: str, max_images: int, max_mb: int) -> None:
+    def __init__(self, store: Store, *, prefix: str, max_images: int, max_mb: int, client_max_images: int) -> None:
         self._store = store
         self._prefix = prefix
         self._max_images = max_images
         self._max_bytes = max_mb * 2**20
+        self._client_max_images = client_max_images
         self._in_use: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -40,37 +41,67 @@ class ImageCache:
                 if not self._in_use[tag]:
                     del self._in_use[tag]
 
+    def admit(self, client: docker.DockerClient, tag: str, owner: str) -> None:
+        """After `owner`'s new image `tag` is built: refuse it when larger than the whole budget, else keep the
+        owner within its own image count (evicting only its own images) and everyone within the budget.
+
+        :raises BuildFailed: the image alone is larger than the cache budget (it is removed).
+        """
+        size = dict(self._client_images(client, owner)).get(tag, 0)
+        if size > self._max_bytes:
+            self._remove(client, tag)
+            raise BuildFailed(
+                f"The image with these packages takes {size / 2**20:.0f} MiB, more than the whole image cache "
+                f"of {self._max_bytes / 2**20:.0f} MiB; it was not kept."
+            )
+        self._evict(client, self._client_images(client, owner), self._client_max_images, None, keep=tag)
+        self.collect(client)
+
     def collect(self, client: docker.DockerClient) -> list[str]:
         """Remove least recently used client images until within budget; return the removed tags."""
-        images = self._client_images(client)
+        return self._evict(client, self._client_images(client), self._max_images, self._max_bytes)
+
+    def _evict(
+        self,
+        client: docker.DockerClient,
+        images: list[tuple[str, int]],
+        max_count: int,
+        max_bytes: int | None,
+        keep: str | None = None,
+    ) -> list[str]:
+        """Remove the least recently used of `images` (never `keep` or one in use) until within the bounds."""
         last_used = self._store.image_last_used()
         images.sort(key=lambda item: last_used.get(item[0], 0.0))
         count, total = len(images), sum(size for _, size in images)
         removed: list[str] = []
         for tag, size in images:
-            if count <= self._max_images and total <= self._max_bytes:
+            if count <= max_count and (max_bytes is None or total <= max_bytes):
                 break
-            if self._busy(client, tag):
+            if tag == keep or self._busy(client, tag) or not self._remove(client, tag):
                 continue
-            try:
-                client.api.remove_image(tag)
-            except docker.errors.APIError:
-                continue  # in use by a container we did not see, or already gone
-            self._store.forget_image(tag)
             removed.append(tag)
             count, total = count - 1, total - size
         return removed
 
-    def _client_images(self, client: docker.DockerClient) -> list[tuple[str, int]]:
-        """(tag, bytes above its base) of this service's client images."""
+    def _remove(self, client: docker.DockerClient, tag: str) -> bool:
+        try:
+            client.api.remove_image(tag)
+        except DOCKER_ERRORS:
+            return False  # in use by a container we did not see, or already gone
+        self._store.forget_image(tag)
+        return True
+
+    def _client_images(self, client: docker.DockerClient, owner: str | None = None) -> list[tuple[str, int]]:
+        """(tag, bytes above its base) of this service's client images (of one `owner`, if given)."""
         found: list[tuple[str, int]] = []
         sizes: dict[str, int] = {}
-        for image in client.api.images(filters={"label": f"{LABEL}.client"}):
+        label = f"{LABEL}.client" if owner is None else f"{LABEL}.client={owner}"
+        for image in client.api.images(filters={"label": label}):
             base_id = (image.get("Labels") or {}).get(f"{LABEL}.base-id", "")
             if base_id not in sizes:
                 try:
                     sizes[base_id] = client.api.inspect_image(base_id)["Size"] if base_id else 0
-                except docker.errors.DockerException:
+                except DOCKER_ERRORS:
                     sizes[base_id] = 0
             own = max(image.get("Size", 0) - sizes[base_id], 0)
             found += [(t, own) for t in image.get("RepoTags") or [] if t.startswith(f"{self._prefix}-")]

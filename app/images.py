@@ -11,18 +11,33 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import docker
 import docker.errors
 import requests
 
 from .deps import ImageEnvironment
+from .downloads import DownloadRequest, download_wheels, wheel_members
 from .errors import BuildFailed, DockerUnavailable
 from .sandbox import LABEL
-from .wheels import WheelDownloadFailed, download_wheels, wheel_platforms
+from .wheels import WheelDownloadFailed, wheel_platforms
 
 LogSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildHooks:
+    """How a build reports progress and learns it is cancelled; `labels` go on its download container."""
+
+    log: LogSink
+    labels: dict[str, str]
+    on_cancel: Callable[[Callable[[], None]], None] = lambda _callback: None
+    cancelled: Callable[[], bool] = lambda: False
+
+
 LOG_TAIL_LINES = 40
 BASE_ID_TTL_S = 1.0
 # Build lines that tell a user nothing: layer ids, cleanup, and the steps that only set labels or the user.
@@ -77,10 +92,11 @@ def base_image_present(client: docker.DockerClient, base: str) -> bool:
 class ClientImages:
     """Builds client images, one build per tag at a time, and knows what the base image provides."""
 
-    def __init__(self, *, base: str, build_memory_mb: int, build_timeout_s: float) -> None:
+    def __init__(self, *, base: str, build_memory_mb: int, build_timeout_s: float, download_mb: int) -> None:
         self._base = base
         self._memory_mb = build_memory_mb
         self._timeout_s = build_timeout_s
+        self._download_mb = download_mb
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._environments: dict[str, ImageEnvironment] = {}
@@ -100,7 +116,13 @@ class ClientImages:
         return envs[-1].installed if envs else frozenset()
 
     def ensure(
-        self, client: docker.DockerClient, *, tag: str, client_name: str, requirements: tuple[str, ...], log: LogSink
+        self,
+        client: docker.DockerClient,
+        *,
+        tag: str,
+        client_name: str,
+        requirements: tuple[str, ...],
+        hooks: BuildHooks,
     ) -> tuple[str, bool]:
         """Make sure `tag` exists, built from the current base with `requirements`; (image id, built now).
 
@@ -117,10 +139,18 @@ class ClientImages:
             if current is not None:
                 return current, False
             labels = {LABEL: "1", f"{LABEL}.client": client_name, f"{LABEL}.base-id": base_id}
-            log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse it)")
+            hooks.log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse it)")
+            deadline = time.monotonic() + self._timeout_s
             with tempfile.TemporaryDirectory(prefix="datapane-build-") as tmp:
-                files = _deps_context(client, Path(tmp), requirements, base_id, self._timeout_s, log)
-                _build(client, tag, _tar(files), labels, self._memory_mb, self._timeout_s, log)
+                download, context = Path(tmp) / "download.tar", Path(tmp) / "context.tar"
+                request = DownloadRequest(requirements, _platforms(client), self._download_mb, deadline)
+                download_wheels(
+                    client, base_id, request, download, labels=hooks.labels, log=hooks.log, on_cancel=hooks.on_cancel
+                )
+                _write_context(context, download, base_id, requirements)
+                download.unlink()
+                with context.open("rb") as stream:  # streamed to Docker from disk, never held in memory
+                    _build(client, tag, stream, labels, self._memory_mb, deadline, hooks)
             return client.api.inspect_image(tag)["Id"], True
 
     def base_id(self, client: docker.DockerClient) -> str:
@@ -151,24 +181,27 @@ def _probe(client: docker.DockerClient, base_id: str, labels: dict[str, str]) ->
     return ImageEnvironment(frozenset(found["stdlib"]), frozenset(found["installed"]))
 
 
-def _deps_context(
-    client: docker.DockerClient, tmp: Path, requirements: tuple[str, ...], base_id: str, timeout_s: float, log: LogSink
-) -> dict[str, bytes]:
+def _platforms(client: docker.DockerClient) -> tuple[str, ...]:
     try:
-        download_wheels(requirements, tmp / "wheels", wheel_platforms(client), log, timeout_s)
+        return tuple(wheel_platforms(client))
     except WheelDownloadFailed as e:
-        named = f"Could not install {e.requirement!r}" if e.requirement else "Could not install the requirements"
-        raise BuildFailed(
-            f"{named}: pip found no wheel for it on the package index.",
-            details={"requirement": e.requirement, "log_tail": e.tail},
-        ) from e
-    files = {
-        "Dockerfile": DEPS_DOCKERFILE.format(base=base_id).encode(),
-        "requirements.txt": ("\n".join(requirements) + "\n").encode(),
-    }
-    for wheel in sorted((tmp / "wheels").iterdir()):
-        files[f"wheels/{wheel.name}"] = wheel.read_bytes()
-    return files
+        raise BuildFailed(str(e)) from e
+
+
+def _write_context(context: Path, download: Path, base_id: str, requirements: tuple[str, ...]) -> None:
+    """The build context as a tar file: Dockerfile, requirements.txt and the checked wheels, copied in blocks."""
+    with tarfile.open(context, mode="w") as out:
+        for name, data in (
+            ("Dockerfile", DEPS_DOCKERFILE.format(base=base_id).encode()),
+            ("requirements.txt", ("\n".join(requirements) + "\n").encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            out.addfile(info, io.BytesIO(data))
+        for member, tar in wheel_members(download):
+            info = tarfile.TarInfo(member.name)
+            info.size, info.mode = member.size, 0o644
+            out.addfile(info, tar.extractfile(member))
 
 
 def _tag(client: docker.DockerClient, image_id: str, tag: str) -> None:
@@ -196,53 +229,38 @@ def _current(client: docker.DockerClient, tag: str, base_id: str) -> str | None:
     return image["Id"] if (image["Config"].get("Labels") or {}).get(f"{LABEL}.base-id") == base_id else None
 
 
-def _tar(files: dict[str, bytes]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
-
-
 def _build(
     client: docker.DockerClient,
     tag: str,
-    context: io.BytesIO,
+    context: BinaryIO,
     labels: dict[str, str],
     memory_mb: int,
-    timeout_s: float,
-    log: LogSink,
+    deadline: float,
+    hooks: BuildHooks,
 ) -> None:
     lines: list[str] = []
+
+    def failed(message: str) -> BuildFailed:
+        return BuildFailed(message, details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]})
+
     try:
         stream = client.api.build(
             fileobj=context, custom_context=True, tag=tag, labels=labels, rm=True, forcerm=True,
             network_mode="none", container_limits={"memory": memory_mb * 2**20, "memswap": memory_mb * 2**20},
-            timeout=timeout_s, decode=True,
+            timeout=max(deadline - time.monotonic(), 1), decode=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        for entry in stream:
-            if time.monotonic() > deadline:  # closing the stream makes Docker cancel the build
-                raise BuildFailed(
-                    f"Building image {tag} took longer than {timeout_s:g} s.",
-                    details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},
-                )
+        for entry in stream:  # leaving the loop closes the stream, which makes Docker cancel the build
+            if hooks.cancelled():
+                raise failed("The job was cancelled while its image was building.")
+            if time.monotonic() > deadline:
+                raise failed("Installing the packages took longer than the build time limit; nothing was built.")
             if "error" in entry:
                 lines.append(entry["error"].rstrip())
-                raise BuildFailed(
-                    f"Building image {tag} failed: {entry['error'].strip()}",
-                    details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},
-                )
+                raise failed(f"Building image {tag} failed: {entry['error'].strip()}")
             text = entry.get("stream", "").rstrip()
             if text:
                 lines.append(text)
                 if not BUILDER_CHATTER.match(text):
-                    log(text)
+                    hooks.log(text)
     except (docker.errors.DockerException, requests.RequestException) as e:
-        raise BuildFailed(
-            f"Docker could not build image {tag}: {e}",
-            details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]},
-        ) from e
+        raise failed(f"Docker could not build image {tag}: {e}") from e

@@ -34,7 +34,10 @@ class Services:
             instance=settings.instance,
         )
         self.builder = ClientImages(
-            base=settings.base_image, build_memory_mb=settings.build_memory_mb, build_timeout_s=settings.build_timeout_s
+            base=settings.base_image,
+            build_memory_mb=settings.build_memory_mb,
+            build_timeout_s=settings.build_timeout_s,
+            download_mb=settings.max_download_mb,
         )
 
     @cached_property
@@ -50,7 +53,13 @@ class Services:
     @cached_property
     def images(self) -> ImageCache:
         s = self.settings
-        return ImageCache(self.store, prefix=s.image_prefix, max_images=s.image_cache_size, max_mb=s.image_cache_mb)
+        return ImageCache(
+            self.store,
+            prefix=s.image_prefix,
+            max_images=s.image_cache_size,
+            max_mb=s.image_cache_mb,
+            client_max_images=s.client_max_images,
+        )
 
     @cached_property
     def executor(self) -> JobExecutor:

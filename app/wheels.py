@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import docker
@@ -48,36 +50,42 @@ def pip_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in _HOST_ENV}
 
 
-def download_wheels(
-    requirements: Path | Sequence[str], dest: Path, platforms: Iterable[str], log: Log, timeout_s: float = 600
-) -> None:
-    """Download wheels of the requirements and their dependencies for the image's CPython into `dest`.
-
-    `requirements` is our own requirements file, or clients' specifiers: those go as arguments, never
-    through a file, where pip would expand ${VARIABLES} from its environment.
-
-    :raises WheelDownloadFailed: pip failed or took longer than `timeout_s`.
-    """
-    wanted = ["-r", str(requirements)] if isinstance(requirements, Path) else ["--", *requirements]
-    cmd = [
-        sys.executable, "-m", "pip", "download",
+def pip_download_options(dest: str, platforms: Iterable[str]) -> list[str]:
+    """`pip download` options: binary wheels only, for the base image's CPython, into `dest`."""
+    return [
         "--disable-pip-version-check", "--progress-bar=off", "--no-input",
-        "--dest", str(dest),
+        "--dest", dest,
         "--only-binary=:all:",
         "--python-version", PYTHON_VERSION,
         "--implementation", "cp",
         "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
         *(f"--platform={tag}" for tag in platforms),
-        *wanted,
     ]  # fmt: skip
+
+
+def download_base_wheels(
+    requirements: Path, dest: Path, platforms: Iterable[str], log: Log, timeout_s: float = 600
+) -> None:
+    """Download the wheels of the base image's own requirements file (never a client's) into `dest`.
+
+    pip runs on the host with only its PIP_* settings, isolated (-I), in an empty private working directory.
+    Clients' requirements are downloaded in a container instead (downloads.py).
+
+    :raises WheelDownloadFailed: pip failed or took longer than `timeout_s`.
+    """
+    cwd = Path(tempfile.mkdtemp(prefix="datapane-pip-"))
+    cmd = [sys.executable, "-I", "-m", "pip", "download", *pip_download_options(str(dest), platforms)]
+    cmd += ["-r", str(requirements.resolve())]
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", env=pip_environment(),
+            text=True, errors="replace", env=pip_environment(), cwd=cwd,
         )  # fmt: skip
     except OSError as e:
         raise WheelDownloadFailed(f"cannot run pip: {e}", None, []) from e
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
     with proc:
         try:
             _pump(proc, tail, log, timeout_s)

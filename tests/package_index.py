@@ -5,20 +5,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import os
 import threading
+import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
 
-def make_wheel(directory: Path, dist: str, version: str, module: str, source: str) -> Path:
-    """Write a pure-Python wheel of `dist` that installs `module` with `source` as its __init__.py."""
+def make_wheel(directory: Path, dist: str, version: str, module: str, source: str, payload_mb: int = 0) -> Path:
+    """Write a pure-Python wheel of `dist` that installs `module` with `source` as its __init__.py
+    (and `payload_mb` MiB of incompressible data beside it)."""
     stem = f"{dist.replace('-', '_')}-{version}"
     files = {
         f"{module}/__init__.py": source.encode(),
+        **({f"{module}/payload.bin": os.urandom(payload_mb * 2**20)} if payload_mb else {}),
         f"{stem}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
         f"{stem}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{stem}.dist-info/top_level.txt": f"{module}\n".encode(),
@@ -51,15 +55,28 @@ def _layout(root: Path, wheels: list[tuple[str, Path]]) -> None:
 
 
 @contextmanager
-def serve_index(root: Path, packages: list[tuple[str, str, str, str]]) -> Iterator[str]:
-    """Serve (dist, version, module, source) packages; yields the index URL for PIP_INDEX_URL."""
+def serve_index(
+    root: Path, packages: list[tuple[str, str, str, str]], big: dict[str, int] | None = None, slow: Iterable[str] = ()
+) -> Iterator[str]:
+    """Serve (dist, version, module, source) packages; yields the index URL for PIP_INDEX_URL.
+
+    `big` gives some distributions a payload of that many MiB; pages of `slow` distributions answer after 60 s.
+    """
     build = root / "build"
     build.mkdir(parents=True, exist_ok=True)
-    _layout(root / "www", [(d, make_wheel(build, d, v, m, s)) for d, v, m, s in packages])
+    big = big or {}
+    wheels = [(d, make_wheel(build, d, v, m, s, big.get(d, 0))) for d, v, m, s in packages]
+    _layout(root / "www", wheels)
+    slow_paths = tuple(f"/simple/{canonicalize_name(name)}/" for name in slow)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
             super().__init__(*args, directory=str(root / "www"), **kwargs)
+
+        def do_GET(self) -> None:
+            if self.path.startswith(slow_paths):
+                time.sleep(60)
+            super().do_GET()
 
         def log_message(self, *args: object) -> None:
             pass
