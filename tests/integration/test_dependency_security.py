@@ -107,7 +107,7 @@ def test_every_hostile_spelling_is_refused_and_nothing_is_built(deps_api, plante
 
 
 def test_an_imported_module_never_names_a_host_folder(deps_api, planted) -> None:  # type: ignore[no-untyped-def]
-    project, marker = planted
+    _project, marker = planted
     api = deps_api()
     r = api.run_json("import someproject\nimport évil\n")
     assert r.json["status"] == "build_failed"
