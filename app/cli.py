@@ -30,6 +30,7 @@ def serve() -> None:
 
     settings = Settings.from_env()
     _ensure_base(settings, mode=settings.base_build)
+    _check_runtime(settings)
     serve_forever(settings)
 
 
@@ -59,6 +60,23 @@ def _ensure_base(settings: Settings, mode: str, rebuild: bool = False) -> None:
                 raise
             click.echo(f"online build failed ({e}); building offline with debootstrap", err=True)
             build_base_image(docker, settings.base_image, offline=True, log=lambda s: click.echo(s, err=True))
+    except RunnerError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        svc.close()
+
+
+def _check_runtime(settings: Settings) -> None:
+    """Refuse to serve with a runtime the engine does not know: every run would fail."""
+    from .sandbox import runtime_registered
+
+    svc = Services(settings)
+    try:
+        if not runtime_registered(svc.docker.client, settings.runtime):
+            raise click.ClickException(
+                f"RUNNER_RUNTIME={settings.runtime} but the Docker engine has no such runtime; register it in "
+                "/etc/docker/daemon.json (see the README's gVisor section) and reload dockerd."
+            )
     except RunnerError as e:
         raise click.ClickException(str(e)) from e
     finally:

@@ -21,6 +21,7 @@ DEBIAN_SUITE = "bookworm"
 ROOTFS_REPOSITORY = "datapane-rootfs"
 ROOTFS_TAG = f"{ROOTFS_REPOSITORY}:{DEBIAN_SUITE}"
 ROOTFS_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -123,18 +124,32 @@ def host_mirrors() -> tuple[str, str]:
     return mirror.rstrip("/"), security.rstrip("/")
 
 
+def debootstrap_command(rootfs: Path, mirror: str, keyring: Path = DEBIAN_KEYRING) -> list[str]:
+    """debootstrap of a minimal bookworm that checks the archive's signatures against Debian's keyring.
+
+    :raises BaseImageBuildError: the keyring or gpgv is missing (nothing unverified is ever built).
+    """
+    if not keyring.is_file():
+        raise BaseImageBuildError(
+            f"the offline build verifies Debian's archive signatures, but the keyring {keyring} is missing: "
+            "apt-get install debian-archive-keyring"
+        )
+    if shutil.which("gpgv", path=f"{os.environ.get('PATH', '')}:{DEFAULT_PATH}") is None:
+        raise BaseImageBuildError(
+            "the offline build verifies Debian's archive signatures with gpgv: apt-get install gpgv"
+        )
+    return [
+        _tool("debootstrap"), "--variant=minbase", "--components=main", f"--keyring={keyring}", "--force-check-gpg",
+        f"--include={','.join(ROOTFS_PACKAGES)}", DEBIAN_SUITE, str(rootfs), mirror,
+    ]  # fmt: skip
+
+
 def _make_rootfs(rootfs: Path, mirror: str, security_mirror: str, log: Log) -> None:
     """Debootstrap a minimal bookworm with Python into `rootfs`, apply Debian's updates and clean apt's caches."""
     if os.geteuid() != 0:
         raise BaseImageBuildError("the offline build runs debootstrap and chroot, which need root")
     log(f"debootstrap {DEBIAN_SUITE} from {mirror} into {rootfs} (takes a few minutes)")
-    run_logged(
-        [
-            _tool("debootstrap"), "--variant=minbase", "--components=main",
-            f"--include={','.join(ROOTFS_PACKAGES)}", DEBIAN_SUITE, str(rootfs), mirror,
-        ],
-        log,
-    )  # fmt: skip
+    run_logged(debootstrap_command(rootfs, mirror), log)
     _slim(rootfs)
     (rootfs / "etc/apt/sources.list").write_text(
         f"deb {mirror} {DEBIAN_SUITE} main\n"

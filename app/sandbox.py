@@ -49,6 +49,7 @@ class SandboxPolicy:
     tmpfs_mb: int
     max_output_bytes: int
     instance: str
+    runtime: str = "runc"  # the OCI runtime: runc, or runsc (gVisor) for a second wall around the kernel
 
 
 def hardened_host_config(
@@ -70,7 +71,11 @@ def hardened_host_config(
         security_opt=["no-new-privileges"],
         ipc_mode="private",
         log_config={"type": log_driver, "config": {}},  # no log by default: a flood must not fill the host's disk
-        ulimits=[docker.types.Ulimit(name="nofile", soft=256, hard=256)],
+        runtime=policy.runtime,
+        ulimits=[
+            docker.types.Ulimit(name="nofile", soft=256, hard=256),
+            docker.types.Ulimit(name="core", soft=0, hard=0),  # a crash dumps no memory to the host's disk
+        ],
     )
 
 
@@ -229,6 +234,17 @@ def _close(sock) -> None:  # type: ignore[no-untyped-def]
     raw = getattr(sock, "_sock", None)
     if raw is not None:
         raw.close()
+
+
+def runtime_registered(client: docker.DockerClient, runtime: str) -> bool:
+    """Whether the engine knows the OCI runtime `runtime` (runc always; runsc once registered).
+
+    :raises SandboxError: Docker does not answer.
+    """
+    try:
+        return runtime in (client.info().get("Runtimes") or {})
+    except DOCKER_ERRORS as e:
+        raise SandboxError(f"Docker could not list its runtimes: {e}") from e
 
 
 def remove_leftovers(client: docker.DockerClient, instance: str) -> int:

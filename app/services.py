@@ -32,6 +32,7 @@ class Services:
             tmpfs_mb=settings.tmpfs_mb,
             max_output_bytes=settings.max_output_bytes,
             instance=settings.instance,
+            runtime=settings.runtime,
         )
         self.builder = ClientImages(
             base=settings.base_image,

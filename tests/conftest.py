@@ -92,9 +92,25 @@ def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def docker_app(make_app, base_image: str, docker_client: docker.DockerClient) -> Flask:  # type: ignore[no-untyped-def]
+def runtime() -> str:
+    """The OCI runtime of run containers; modules that check isolation run under every one (see below)."""
+    return "runc"
+
+
+def registered_runtime(client: docker.DockerClient, name: str) -> str:
+    """`name`, if the engine has it; skipped otherwise, except under CI=true where that fails."""
+    if name not in (client.info().get("Runtimes") or {}):
+        message = f"the Docker engine has no runtime {name!r} (see the README's gVisor section)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return name
+
+
+@pytest.fixture
+def docker_app(make_app, base_image: str, docker_client: docker.DockerClient, runtime: str) -> Flask:  # type: ignore[no-untyped-def]
     """An app whose runs reach the real engine."""
-    return make_app(base_image=base_image)
+    return make_app(base_image=base_image, runtime=runtime)
 
 
 def key_for(app: Flask, name: str) -> str:

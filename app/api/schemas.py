@@ -109,10 +109,13 @@ class JobSchema(Schema):
 
 
 class HealthSchema(Schema):
-    status = fields.String()
+    status = fields.String(metadata={"enum": ["ok", "unavailable"]})
+    message = fields.String()
     docker = fields.Boolean()
     base_image = fields.String()
     base_image_present = fields.Boolean()
+    runtime = fields.String(metadata={"description": "OCI runtime of run containers (RUNNER_RUNTIME)."})
+    runtime_available = fields.Boolean()
 
 
 class AcceptedSchema(Schema):

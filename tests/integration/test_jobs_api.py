@@ -7,7 +7,7 @@ import time
 import docker
 import pytest
 
-from app.images import client_image_tag
+from app.images import BuildHooks, client_image_tag
 from app.jobs import purge_expired, recover
 from app.models import Job, Limits, Status
 from app.sandbox import Run
@@ -177,7 +177,8 @@ def test_next_start_removes_leftover_containers_and_marks_interrupted_jobs(docke
     job = stored_job("j1", Status.RUNNING, created_at=time.time())
     svc.store.save_job(job)
     tag = client_image_tag(svc.settings.image_prefix, "c", ())
-    svc.builder.ensure(docker_client, tag=tag, client_name="c", requirements=(), log=lambda _: None)
+    hooks = BuildHooks(log=lambda _: None, labels={})
+    svc.builder.ensure(docker_client, tag=tag, client_name="c", requirements=(), hooks=hooks)
     Run(docker_client, tag, job.limits, svc.policy, {"job": "j1"})  # a crash leaves it behind
     label = "io.datapane.runner.job=j1"
     assert len(docker_client.api.containers(all=True, filters={"label": [label]})) == 1

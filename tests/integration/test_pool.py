@@ -8,7 +8,7 @@ import docker
 import pytest
 
 from app.services import EXTENSION
-from tests.conftest import Api
+from tests.conftest import Api, registered_runtime
 
 SCRIPTS = {
     "succeeded": ['print("hello world")'],
@@ -41,9 +41,13 @@ def outcome(api: Api, code: list[str]) -> tuple:
     return body["status"], body["exit_code"], body["stdout"], body["stderr"]
 
 
-def test_pooled_and_on_demand_runs_give_the_same_results_for_every_status(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
-    on_demand = Api(make_app(base_image=base_image, max_output_bytes=10_000), "on-demand")
-    pooled = pooled_api(make_app, base_image)
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_pooled_and_on_demand_runs_give_the_same_results_for_every_status(  # type: ignore[no-untyped-def]
+    make_app, base_image: str, docker_client, runtime: str
+) -> None:
+    registered_runtime(docker_client, runtime)
+    on_demand = Api(make_app(base_image=base_image, max_output_bytes=10_000, runtime=runtime), "on-demand")
+    pooled = pooled_api(make_app, base_image, runtime=runtime)
     pool = pooled.app.extensions[EXTENSION].pool
     for name, code in SCRIPTS.items():
         hits = pool.hits

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from tests.conftest import Api
+import docker
+import pytest
+
+from tests.conftest import Api, registered_runtime
+
+
+@pytest.fixture(params=["runc", "runsc"])
+def runtime(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> str:
+    """Every check here holds under runc and under gVisor (runsc), except where marked with the reason."""
+    return registered_runtime(docker_client, request.param)
 
 
 def test_hello_world_succeeds(api: Api) -> None:
@@ -61,8 +70,8 @@ def test_multi_gigabyte_allocation_is_oom_killed(api: Api) -> None:
     assert "64 MiB" in r.json["message"]
 
 
-def test_output_flood_is_truncated_and_stopped(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
-    api = Api(make_app(base_image=base_image, max_output_bytes=10_000))
+def test_output_flood_is_truncated_and_stopped(make_app, base_image: str, runtime: str) -> None:  # type: ignore[no-untyped-def]
+    api = Api(make_app(base_image=base_image, max_output_bytes=10_000, runtime=runtime))
     r = api.run_json("while True: print('x' * 1000)")
     assert r.json["status"] == "output_truncated"
     assert len(r.json["stdout"]) == 10_000
