@@ -7,6 +7,8 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .redaction import redact
+
 
 class RunnerError(Exception):
     """Base of every error the service raises on purpose."""
@@ -88,6 +90,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RunnerError)
     def _runner_error(e: RunnerError):  # type: ignore[no-untyped-def]
+        if e.status >= 500:  # the service's own trouble: the message may quote a host tool; the log keeps it whole
+            app.logger.warning("%s: %s", e.code, e.message)
+            return jsonify(error_body(e.code, redact(e.message))), e.status, e.headers
         return jsonify(error_body(e.code, e.message, e.details)), e.status, e.headers
 
     @app.errorhandler(HTTPException)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,12 +18,11 @@ from typing import BinaryIO
 
 import docker
 import docker.errors
-import requests
 
 from .deps import ImageEnvironment
 from .downloads import DownloadRequest, download_wheels, wheel_members
 from .errors import BuildFailed, DockerUnavailable
-from .sandbox import LABEL
+from .sandbox import DOCKER_ERRORS, LABEL
 from .wheels import WheelDownloadFailed, wheel_platforms
 
 LogSink = Callable[[str], None]
@@ -40,6 +40,9 @@ class BuildHooks:
 
 LOG_TAIL_LINES = 40
 BASE_ID_TTL_S = 1.0
+# On the build's own step containers (the legacy builder labels them with the image's labels so far), so that a
+# cancel can kill them. After the COPY steps: clients with the same packages still share the wheels' layers.
+BUILD_LABEL = f"{LABEL}.build"
 # Build lines that tell a user nothing: layer ids, cleanup, and the steps that only set labels or the user.
 BUILDER_CHATTER = re.compile(
     r"\s*(--->|Removing intermediate container|Successfully built|Step \d+/\d+ : (LABEL|USER))"
@@ -48,6 +51,7 @@ DEPS_DOCKERFILE = """FROM {base}
 USER root
 COPY requirements.txt /tmp/build/requirements.txt
 COPY wheels/ /tmp/build/wheels/
+LABEL {build_label}={tag}
 RUN python -m pip install --no-index --no-cache-dir --find-links /tmp/build/wheels -r /tmp/build/requirements.txt \\
  && rm -rf /tmp/build
 USER python
@@ -147,7 +151,12 @@ class ClientImages:
                 download_wheels(
                     client, base_id, request, download, labels=hooks.labels, log=hooks.log, on_cancel=hooks.on_cancel
                 )
-                _write_context(context, download, base_id, requirements)
+                _write_context(
+                    context,
+                    download,
+                    DEPS_DOCKERFILE.format(base=base_id, build_label=BUILD_LABEL, tag=tag),
+                    requirements,
+                )
                 download.unlink()
                 with context.open("rb") as stream:  # streamed to Docker from disk, never held in memory
                     _build(client, tag, stream, labels, self._memory_mb, deadline, hooks)
@@ -188,11 +197,11 @@ def _platforms(client: docker.DockerClient) -> tuple[str, ...]:
         raise BuildFailed(str(e)) from e
 
 
-def _write_context(context: Path, download: Path, base_id: str, requirements: tuple[str, ...]) -> None:
+def _write_context(context: Path, download: Path, dockerfile: str, requirements: tuple[str, ...]) -> None:
     """The build context as a tar file: Dockerfile, requirements.txt and the checked wheels, copied in blocks."""
     with tarfile.open(context, mode="w") as out:
         for name, data in (
-            ("Dockerfile", DEPS_DOCKERFILE.format(base=base_id).encode()),
+            ("Dockerfile", dockerfile.encode()),
             ("requirements.txt", ("\n".join(requirements) + "\n").encode()),
         ):
             info = tarfile.TarInfo(name)
@@ -229,6 +238,14 @@ def _current(client: docker.DockerClient, tag: str, base_id: str) -> str | None:
     return image["Id"] if (image["Config"].get("Labels") or {}).get(f"{LABEL}.base-id") == base_id else None
 
 
+def _kill_build_steps(client: docker.DockerClient, tag: str) -> None:
+    """Kill the running step containers of the build of `tag`: the build then fails at once."""
+    with contextlib.suppress(*DOCKER_ERRORS):
+        for container in client.api.containers(filters={"label": [f"{BUILD_LABEL}={tag}"]}):
+            with contextlib.suppress(*DOCKER_ERRORS):
+                client.api.kill(container["Id"])
+
+
 def _build(
     client: docker.DockerClient,
     tag: str,
@@ -239,6 +256,7 @@ def _build(
     hooks: BuildHooks,
 ) -> None:
     lines: list[str] = []
+    hooks.on_cancel(lambda: _kill_build_steps(client, tag))
 
     def failed(message: str) -> BuildFailed:
         return BuildFailed(message, details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]})
@@ -262,5 +280,5 @@ def _build(
                 lines.append(text)
                 if not BUILDER_CHATTER.match(text):
                     hooks.log(text)
-    except (docker.errors.DockerException, requests.RequestException) as e:
+    except DOCKER_ERRORS as e:
         raise failed(f"Docker could not build image {tag}: {e}") from e

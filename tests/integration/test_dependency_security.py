@@ -186,6 +186,30 @@ def test_cancel_stops_the_download_at_once(deps_api, docker_client) -> None:  # 
     assert not docker_client.api.containers(all=True, filters=label)
 
 
+def test_cancel_stops_the_image_build_at_once(deps_api, docker_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import app.images
+
+    slow = app.images.DEPS_DOCKERFILE.replace("RUN python -m pip", "RUN sleep 120\nRUN python -m pip")
+    monkeypatch.setattr(app.images, "DEPS_DOCKERFILE", slow)  # a build step that takes long, after the label
+    api = deps_api()
+    job_id = api.run_json("import otherpkg", query="?async=1").json["job_id"]
+    label = {"label": [f"{app.images.BUILD_LABEL}"]}
+    deadline = time.monotonic() + 60
+    while not docker_client.api.containers(filters=label):
+        assert time.monotonic() < deadline, "no build step started"
+        time.sleep(0.1)
+    started = time.monotonic()
+    assert api.delete(f"/jobs/{job_id}").json["result"] == "cancelled"
+    while api.get(f"/status/{job_id}").json["status"] == "running":
+        assert time.monotonic() - started < 15, "the build went on after the cancel"
+        time.sleep(0.1)
+    assert api.get(f"/status/{job_id}").json["status"] == "cancelled"
+    deadline = time.monotonic() + 10
+    while docker_client.api.containers(all=True, filters=label):
+        assert time.monotonic() < deadline, "the build's step container was left behind"
+        time.sleep(0.1)
+
+
 def test_a_new_image_evicts_only_its_own_clients_least_recently_used(deps_api, docker_client) -> None:  # type: ignore[no-untyped-def]
     alice = deps_api("alice", client_max_images=1)
     bob = Api(alice.app, "bob")
