@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
-from .config import Settings
-from .errors import register_error_handlers
-from .services import EXTENSION, Services
+from app.api import bp
+from app.config import Settings
+from app.errors import register_error_handlers
+from app.services import EXTENSION, Services
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -16,10 +18,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     settings = Settings.from_env(**(test_config or {}))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # Flask's own provider: keep the schemas' field order
+        app.json.sort_keys = False
     app.extensions[EXTENSION] = Services(settings)
     register_error_handlers(app)
-    from .api import bp
-
     app.register_blueprint(bp)
     return app

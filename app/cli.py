@@ -8,10 +8,13 @@ import sys
 
 import click
 
-from . import clients as client_keys
-from .config import Settings
-from .errors import RunnerError
-from .services import Services
+from app import clients as client_keys
+from app.config import Settings
+from app.errors import RunnerError
+from app.images.base import BaseImageBuildError, base_image_exists, build_base_image
+from app.sandbox.container import runtime_registered
+from app.server import serve_forever
+from app.services import Services
 
 
 @click.group(invoke_without_command=True)
@@ -26,8 +29,6 @@ def cli(ctx: click.Context) -> None:
 @cli.command()
 def serve() -> None:
     """Build the base image if missing, remove leftovers of a previous run, and serve HTTP."""
-    from .server import serve_forever
-
     settings = Settings.from_env()
     _ensure_base(settings, mode=settings.base_build)
     _check_runtime(settings)
@@ -44,8 +45,6 @@ def build_base(offline: bool, if_missing: bool) -> None:
 
 
 def _ensure_base(settings: Settings, mode: str, rebuild: bool = False) -> None:
-    from .base_image import BaseImageBuildError, base_image_exists, build_base_image
-
     svc = Services(settings)
     try:
         docker = svc.docker.client
@@ -68,8 +67,6 @@ def _ensure_base(settings: Settings, mode: str, rebuild: bool = False) -> None:
 
 def _check_runtime(settings: Settings) -> None:
     """Refuse to serve with a runtime the engine does not know: every run would fail."""
-    from .sandbox import runtime_registered
-
     svc = Services(settings)
     try:
         if not runtime_registered(svc.docker.client, settings.runtime):

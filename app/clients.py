@@ -7,11 +7,13 @@ import hmac
 import re
 import secrets
 
-from .errors import Unauthorized, ValidationFailed
-from .store import ClientRecord, Store
+from app.errors import Unauthorized, ValidationFailed
+from app.store import ClientRecord, Store
 
 KEY_PREFIX = "dpr_"
 NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+NAME_MAX_LENGTH = 63
+NAME_RULE = "lowercase letters and digits, optionally separated by single '.', '_' or '-'"
 HOW_TO_GET_A_KEY = (
     "Ask the operator for a key (`python run.py clients create NAME`) and send `Authorization: Bearer KEY`."
 )
@@ -23,11 +25,9 @@ def hash_key(key: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if len(name) > 63 or not NAME.match(name):
-        raise ValidationFailed(
-            f"Client name {name!r} is not valid: use lowercase letters and digits,"
-            " optionally separated by single '.', '_' or '-'."
-        )
+    """The name if it is valid. :raises ValidationFailed: it is not."""
+    if len(name) > NAME_MAX_LENGTH or not NAME.match(name):
+        raise ValidationFailed(f"Client name {name!r} is not valid: use {NAME_RULE}.")
     return name
 
 

@@ -79,7 +79,7 @@ class Settings:
         for f in dataclasses.fields(cls):
             raw = env.get(f.metadata["env"])
             if raw not in (None, ""):
-                values[f.name] = _convert(f.name, f.type, raw)
+                values[f.name] = _convert(f.name, str(f.type), raw)
         values.update(overrides)
         return cls(**values)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from .redaction import redact
+from app.redaction import redact
 
 
 class RunnerError(Exception):
@@ -89,19 +90,19 @@ def register_error_handlers(app: Flask) -> None:
     """Map RunnerError, HTTPException and anything unexpected to the same JSON shape."""
 
     @app.errorhandler(RunnerError)
-    def _runner_error(e: RunnerError):  # type: ignore[no-untyped-def]
+    def _runner_error(e: RunnerError) -> ResponseReturnValue:
         if e.status >= 500:  # the service's own trouble: the message may quote a host tool; the log keeps it whole
             app.logger.warning("%s: %s", e.code, e.message)
             return jsonify(error_body(e.code, redact(e.message))), e.status, e.headers
         return jsonify(error_body(e.code, e.message, e.details)), e.status, e.headers
 
     @app.errorhandler(HTTPException)
-    def _http_error(e: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(e: HTTPException) -> ResponseReturnValue:
         code = HTTP_CODES.get(e.code or 500, (e.name or "error").lower().replace(" ", "_"))
         headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
         return jsonify(error_body(code, e.description or e.name)), e.code or 500, headers
 
     @app.errorhandler(Exception)
-    def _unexpected(e: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(e: Exception) -> ResponseReturnValue:
         app.logger.exception("unhandled error")
         return jsonify(error_body("internal_error", "The service failed unexpectedly; it has been logged.")), 500

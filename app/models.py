@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+LogSink = Callable[[str], None]
+"""Receives lines of a tool's or a build's progress."""
 
 
 class Status(enum.StrEnum):
@@ -93,6 +98,11 @@ class Job:
     output: bytes = b""
     build_log: str = ""
     message: str = ""
+
+    def finish(self, status: Status, message: str, exit_code: int | None = None) -> None:
+        """Mark the job ended."""
+        self.status, self.message, self.exit_code = status, message, exit_code
+        self.finished_at = self.finished_at or time.time()
 
     @property
     def duration_ms(self) -> int | None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from .config import Settings
-from .services import EXTENSION
+from app import create_app
+from app.config import Settings
+from app.services import EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +33,14 @@ class RunnerServer(BaseApplication):
         self.cfg.set("accesslog", "-")
         self.cfg.set("worker_exit", _worker_exit)
 
-    def load(self):  # type: ignore[no-untyped-def]
-        from . import create_app
-        from .jobs import recover
-
+    def load(self) -> Flask:
         app = create_app(vars(self.settings))
-        removed, marked = recover(app.extensions[EXTENSION])
+        removed, marked = app.extensions[EXTENSION].recover()
         log.info("removed %d leftover containers, marked %d interrupted jobs", removed, marked)
         return app
 
 
-def _worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+def _worker_exit(server: Any, worker: Any) -> None:  # gunicorn calls it with its (untyped) arbiter and worker
     app = getattr(worker, "wsgi", None)
     if app is not None and EXTENSION in getattr(app, "extensions", {}):
         app.extensions[EXTENSION].close(wait=True)

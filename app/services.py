@@ -1,4 +1,8 @@
-"""The composition root: the long-lived objects one app instance uses, built lazily."""
+"""The composition root: the long-lived objects of one app instance.
+
+Each is built once, lazily, with exactly the collaborators it needs. Nothing else constructs them, and nothing
+receives this object but the edges (routes, CLI, server).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,24 @@ from functools import cached_property
 
 from flask import current_app
 
-from .config import Settings
-from .docker_access import DockerGateway
-from .executor import JobExecutor, ThreadJobExecutor
-from .image_cache import ImageCache
-from .images import ClientImages
-from .limits import resolve_limits
-from .outputs import OutputHub
-from .pool import PoolSettings, WarmPool
-from .sandbox import SandboxPolicy
-from .store import Store
+from app.config import Settings
+from app.images.cache import ImageCache
+from app.images.client_images import ClientImages
+from app.jobs.executor import JobExecutor, ThreadJobExecutor
+from app.jobs.outputs import OutputHub
+from app.jobs.runner import JobRunner
+from app.jobs.service import JobService
+from app.sandbox.container import SandboxPolicy, remove_leftovers
+from app.sandbox.docker_gateway import DockerGateway
+from app.sandbox.limits import resolve_limits
+from app.sandbox.pool import PoolSettings, WarmPool
+from app.store import Store
 
 EXTENSION = "runner"
 
 
 class Services:
-    """Settings, Docker, the store, the executor and live outputs of one app."""
+    """Settings, Docker, the store, the job service and its executor, the pool and the image builders."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -34,11 +40,22 @@ class Services:
             instance=settings.instance,
             runtime=settings.runtime,
         )
-        self.builder = ClientImages(
+        self.client_images = ClientImages(
             base=settings.base_image,
             build_memory_mb=settings.build_memory_mb,
             build_timeout_s=settings.build_timeout_s,
             download_mb=settings.max_download_mb,
+        )
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.data_dir / "runner.sqlite3")
+
+    @cached_property
+    def jobs(self) -> JobService:
+        s = self.settings
+        return JobService(
+            self.store, self.outputs, self.executor, retention_s=s.retention_s, client_max_jobs=s.client_max_jobs
         )
 
     @cached_property
@@ -48,11 +65,7 @@ class Services:
         return WarmPool(self.docker, self.policy, PoolSettings(s.pool_size, s.pool_images, s.pool_idle_s, default))
 
     @cached_property
-    def store(self) -> Store:
-        return Store(self.settings.data_dir / "runner.sqlite3")
-
-    @cached_property
-    def images(self) -> ImageCache:
+    def image_cache(self) -> ImageCache:
         s = self.settings
         return ImageCache(
             self.store,
@@ -63,16 +76,36 @@ class Services:
         )
 
     @cached_property
-    def executor(self) -> JobExecutor:
-        from .execution import execute_job  # imports this module for typing only
+    def runner(self) -> JobRunner:
+        return JobRunner(
+            store=self.store,
+            outputs=self.outputs,
+            docker=self.docker,
+            client_images=self.client_images,
+            image_cache=self.image_cache,
+            pool=self.pool,
+            policy=self.policy,
+            image_prefix=self.settings.image_prefix,
+        )
 
+    @cached_property
+    def executor(self) -> JobExecutor:
         s = self.settings
         return ThreadJobExecutor(
-            lambda job_id, spec, token: execute_job(self, job_id, spec, token),
-            workers=s.workers,
-            queue_size=s.queue_size,
-            client_limit=s.client_queue_limit,
+            self.runner.execute, workers=s.workers, queue_size=s.queue_size, client_limit=s.client_queue_limit
         )
+
+    def recover(self) -> tuple[int, int]:
+        """Recover at start; return (containers removed, jobs ended).
+
+        Removes this instance's leftover containers, ends the jobs a stop interrupted, expires old ones and warms
+        the pool of the base image.
+        """
+        removed = remove_leftovers(self.docker.client, self.settings.instance)
+        interrupted = self.jobs.mark_interrupted()
+        self.jobs.purge_expired()
+        self.pool.warm(self.client_images.base_id(self.docker.client))  # the image of every run without packages
+        return removed, interrupted
 
     def close(self, wait: bool = False) -> None:
         """Stop the executor (cancelling or finishing jobs), then release Docker and the store."""
@@ -87,4 +120,5 @@ class Services:
 
 def services() -> Services:
     """The Services of the current app."""
-    return current_app.extensions[EXTENSION]
+    found: Services = current_app.extensions[EXTENSION]
+    return found

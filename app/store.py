@@ -9,8 +9,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .models import Job, Limits, Status
+from app.models import Job, Limits, Status
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,7 +60,7 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def _exec(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _exec(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
@@ -88,7 +89,8 @@ class Store:
 
     def get_job(self, job_id: str, client: str | None = None) -> Job | None:
         """The job, or None when missing or (with `client`) owned by someone else."""
-        sql, args = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+        args: tuple[str, ...] = (job_id,)
         if client is not None:
             sql, args = sql + " AND client = ?", (job_id, client)
         rows = self._exec(sql, args)
@@ -103,7 +105,7 @@ class Store:
         return [_job(r) for r in rows]
 
     def count_jobs(self, client: str) -> int:
-        return self._exec("SELECT COUNT(*) FROM jobs WHERE client = ?", (client,))[0][0]
+        return int(self._exec("SELECT COUNT(*) FROM jobs WHERE client = ?", (client,))[0][0])
 
     def delete_job(self, job_id: str) -> None:
         self._exec("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -167,7 +169,7 @@ class Store:
             return cur.rowcount > 0
 
 
-def _job(row: tuple) -> Job:
+def _job(row: tuple[Any, ...]) -> Job:
     (
         id_,
         client,

@@ -11,10 +11,12 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from app.config import Settings
+
 from . import machine, scenarios
 from .client import ServiceClient
 from .floor import Floor
-from .index import PackageIndex
+from .index import bench_index
 from .report import Report, render_markdown, render_text
 from .service import Service
 
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _floor_image(api: docker.APIClient, service: Service) -> str:
     """The client image the service built (same content as the base), else the base image."""
-    prefix = service.env.get("RUNNER_IMAGE_PREFIX") or "datapane-run"
+    prefix = service.env.get("RUNNER_IMAGE_PREFIX") or Settings().image_prefix
     tag = f"{prefix}-bench:nodeps"
     try:
         api.inspect_image(tag)
@@ -45,17 +47,20 @@ def _floor_image(api: docker.APIClient, service: Service) -> str:
 
 def run(args: argparse.Namespace) -> Report:
     levels = tuple(int(x) for x in args.levels.split(","))
+    samples: int = args.samples or (5 if args.quick else 40)
+    warmups: int = args.warmups if args.warmups is not None else (1 if args.quick else 3)
+    duration_s: float = args.duration or (3.0 if args.quick else 12.0)
     config = {
-        "samples": args.samples or (5 if args.quick else 40),
-        "warmups": args.warmups if args.warmups is not None else (1 if args.quick else 3),
-        "duration_s": args.duration or (3.0 if args.quick else 12.0),
+        "samples": samples,
+        "warmups": warmups,
+        "duration_s": duration_s,
         "levels": levels,
         "service_workers": max(levels),
     }
     report = Report(machine.describe(), config)
     started = time.perf_counter()
     docker_client = docker.from_env()
-    with tempfile.TemporaryDirectory(prefix="bench-index-") as root, PackageIndex(Path(root)) as pkg_index:
+    with tempfile.TemporaryDirectory(prefix="bench-index-") as root, bench_index(Path(root)) as pkg_index:
         service = Service(workers=max(levels), extra_env={"PIP_INDEX_URL": pkg_index.url})
         removed = 0
         try:
@@ -69,9 +74,9 @@ def run(args: argparse.Namespace) -> Report:
                 docker=docker_client,
                 client=client,
                 floor=floor,
-                samples=config["samples"],
-                warmups=config["warmups"],
-                duration_s=config["duration_s"],
+                samples=samples,
+                warmups=warmups,
+                duration_s=duration_s,
                 levels=levels,
             )
             scenarios.latency(bench, report)

@@ -41,7 +41,8 @@ class ServiceClient:
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
-        return self._local.session
+        session: requests.Session = self._local.session
+        return session
 
     def run(self, code: str = HELLO_CODE, expect: str = "hello world\n", **fields: Any) -> RunSample:
         """One run awaited as JSON; raises unless it succeeded with the expected stdout."""

@@ -9,6 +9,8 @@ from typing import Any
 
 import docker
 
+from app.sandbox.container import LABEL
+
 STEPS = (("create", "start"), ("start", "die"), ("die", "destroy"))
 
 
@@ -17,7 +19,7 @@ class EventLog:
 
     def __init__(self, client: docker.DockerClient, instance: str) -> None:
         self._client = client
-        self._filters = {"type": "container", "label": [f"io.datapane.runner.instance={instance}"]}
+        self._filters = {"type": "container", "label": [f"{LABEL}.instance={instance}"]}
         self._times: dict[str, dict[str, float]] = defaultdict(dict)
         self._kinds: dict[str, str] = {}
         self._stream: Any = None

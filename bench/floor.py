@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import docker
 
 from app.models import Limits
-from app.sandbox import LABEL, WORKDIR, SandboxPolicy, hardened_host_config
+from app.sandbox.container import LABEL, WORKDIR, SandboxPolicy, hardened_host_config
 
 HELLO = b"hello world\n"
 

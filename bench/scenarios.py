@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import docker
 
+from tests.package_index import PackageIndex
+
 from . import events, index
-from .client import RequestRejected, ServiceClient
+from .client import RequestRejected, RunSample, ServiceClient
 from .floor import Floor
 from .measure import Throughput, interleave, percentile, throughput
 from .report import Report, Row
@@ -112,11 +114,11 @@ def throughputs(b: Bench, report: Report) -> None:
     report.details["throughput"] = found
 
 
-def cached_deps(b: Bench, report: Report, pkg_index: index.PackageIndex) -> None:
+def cached_deps(b: Bench, report: Report, pkg_index: PackageIndex) -> None:
     """A run whose dependency image is built vs a stdlib-only run; skipped while `requirements` is unknown."""
     reqs = [index.REQUIREMENT]
 
-    def with_deps() -> object:
+    def with_deps() -> RunSample:
         return b.client.run(index.IMPORT_CODE, requirements=reqs)
 
     start = time.perf_counter()

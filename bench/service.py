@@ -15,15 +15,17 @@ from pathlib import Path
 import docker
 import requests
 
+from app.sandbox.container import LABEL
+
 REPO = Path(__file__).resolve().parent.parent
-INSTANCE_LABEL = "io.datapane.runner.instance"
+INSTANCE_LABEL = f"{LABEL}.instance"
 
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 class Service:

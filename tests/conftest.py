@@ -1,27 +1,21 @@
-"""Shared fixtures: a real Docker engine (required when CI=true), apps on temp data dirs, API keys."""
+"""Shared fixtures only: a real Docker engine (required when CI=true), apps on temp data dirs, API keys."""
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
 from app import create_app
-from app.clients import create_client
 from app.config import Settings
-from app.sandbox import LABEL
+from app.sandbox.container import LABEL
 from app.services import EXTENSION, Services
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-BASE_IMAGE = os.environ.get("RUNNER_BASE_IMAGE", "datapane-py-slim:latest")
+from tests.helpers import BASE_IMAGE, IN_CI, TEST_IMAGE_PREFIX, Api, leftovers
 
 
 @pytest.fixture(scope="session")
@@ -41,23 +35,19 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def base_image(docker_client: docker.DockerClient) -> Iterator[str]:
     """The base image, built (offline if no registry answers) when missing."""
-    from app.base_image import base_image_exists, build_base_image
+    from app.images.base import base_image_exists, build_base_image
 
     if not base_image_exists(docker_client, BASE_IMAGE):
         build_base_image(docker_client, BASE_IMAGE, offline=True, log=lambda _line: None)
     yield BASE_IMAGE
-    for image in docker_client.api.images(filters={"label": "io.datapane.runner.client"}):
+    for image in docker_client.api.images(filters={"label": f"{LABEL}.client"}):
         for tag in image.get("RepoTags") or []:
-            if tag.startswith("datapane-run-test-"):
+            if tag.startswith(f"{TEST_IMAGE_PREFIX}-"):
                 docker_client.api.remove_image(tag, force=True)
 
 
-def _leftovers(client: docker.DockerClient, instance: str) -> list[dict]:
-    return client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
-
-
 @pytest.fixture
-def make_app(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
+def make_app(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Flask]]:
     """Factory of apps sharing one temp data dir and a test-only instance label; checks cleanup."""
     instance = f"test-{uuid.uuid4().hex[:10]}"
     made: list[Flask] = []
@@ -66,7 +56,7 @@ def make_app(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
         config = {
             "data_dir": tmp_path / "data",
             "instance": instance,
-            "image_prefix": "datapane-run-test",
+            "image_prefix": TEST_IMAGE_PREFIX,
             "pool_size": 0,  # on-demand containers unless a test asks for the pool
             **overrides,
         }
@@ -80,66 +70,29 @@ def make_app(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
         app.extensions[EXTENSION].close(wait=True)
     if "docker_client" in request.fixturenames:
         client = request.getfixturevalue("docker_client")
-        left = _leftovers(client, instance)
+        left = leftovers(client, instance)
         for c in left:
             client.api.remove_container(c["Id"], force=True)
         assert not left, f"containers left behind: {[c['Id'][:12] for c in left]}"
 
 
 @pytest.fixture
-def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
+def app(make_app: Callable[..., Flask]) -> Flask:
     return make_app()
 
 
 @pytest.fixture
 def runtime() -> str:
-    """The OCI runtime of run containers; modules that check isolation run under every one (see below)."""
+    """The OCI runtime of run containers; modules that check isolation run under every one (see registered_runtime)."""
     return "runc"
 
 
-def registered_runtime(client: docker.DockerClient, name: str) -> str:
-    """`name`, if the engine has it; skipped otherwise, except under CI=true where that fails."""
-    if name not in (client.info().get("Runtimes") or {}):
-        message = f"the Docker engine has no runtime {name!r} (see the README's gVisor section)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return name
-
-
 @pytest.fixture
-def docker_app(make_app, base_image: str, docker_client: docker.DockerClient, runtime: str) -> Flask:  # type: ignore[no-untyped-def]
+def docker_app(
+    make_app: Callable[..., Flask], base_image: str, docker_client: docker.DockerClient, runtime: str
+) -> Flask:
     """An app whose runs reach the real engine."""
     return make_app(base_image=base_image, runtime=runtime)
-
-
-def key_for(app: Flask, name: str) -> str:
-    """Register a client in the app's store and return its key."""
-    return create_client(app.extensions[EXTENSION].store, name)
-
-
-class Api:
-    """A test client that sends one client's API key."""
-
-    def __init__(self, app: Flask, client_name: str = "test-client") -> None:
-        self.app = app
-        self.name = client_name
-        self.key = key_for(app, client_name)
-        self.http: FlaskClient = app.test_client()
-
-    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}", **(extra or {})}
-
-    def run_json(self, code: str | list[str], accept_json: bool = True, query: str = "", **fields: object):  # type: ignore[no-untyped-def]
-        headers = self.headers({"Accept": "application/json"} if accept_json else None)
-        body = {"script_name": "main.py", "code": code, **fields}
-        return self.http.post(f"/run-json{query}", json=body, headers=headers)
-
-    def get(self, path: str, **kw: object):  # type: ignore[no-untyped-def]
-        return self.http.get(path, headers=self.headers(), **kw)
-
-    def delete(self, path: str):  # type: ignore[no-untyped-def]
-        return self.http.delete(path, headers=self.headers())
 
 
 @pytest.fixture
@@ -154,22 +107,5 @@ def settings() -> Settings:
 
 @pytest.fixture
 def services(app: Flask) -> Services:
-    return app.extensions[EXTENSION]
-
-
-def read_line(chunks: Iterator[bytes]) -> bytes:
-    """Read streamed chunks up to the first newline (a print may arrive as two writes)."""
-    line = b""
-    while not line.endswith(b"\n"):
-        line += next(chunks)
-    return line
-
-
-def containers_gone(client: docker.DockerClient, label: str, timeout: float = 10) -> bool:
-    """True once no container has `label` (removal follows the answer by a moment)."""
-    deadline = time.monotonic() + timeout
-    while client.api.containers(all=True, filters={"label": [label]}):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    services: Services = app.extensions[EXTENSION]
+    return services

@@ -1,4 +1,5 @@
-"""A PEP 503 package index on loopback serving tiny wheels made on the spot, for offline dependency tests."""
+"""A PEP 503 package index on loopback serving tiny wheels made on the spot, for the dependency tests and the
+benchmark (no network needed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import canonicalize_name
 
@@ -54,38 +56,58 @@ def _layout(root: Path, wheels: list[tuple[str, Path]]) -> None:
         (page / "index.html").write_text("<html><body>" + "".join(links) + "</body></html>")
 
 
+class PackageIndex:
+    """A PEP 503 index on 127.0.0.1 of (dist, version, module, source) packages; counts wheel downloads.
+
+    `big` gives some distributions a payload of that many MiB; pages of `slow` distributions answer after 60 s.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        packages: list[tuple[str, str, str, str]],
+        big: dict[str, int] | None = None,
+        slow: Iterable[str] = (),
+    ) -> None:
+        build = root / "build"
+        build.mkdir(parents=True, exist_ok=True)
+        big = big or {}
+        _layout(root / "www", [(d, make_wheel(build, d, v, m, s, big.get(d, 0))) for d, v, m, s in packages])
+        slow_paths = tuple(f"/simple/{canonicalize_name(name)}/" for name in slow)
+        index = self
+        self.downloads = 0
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(root / "www"), **kwargs)
+
+            def do_GET(self) -> None:
+                if self.path.startswith(slow_paths):
+                    time.sleep(60)
+                if self.path.split("?")[0].endswith(".whl"):
+                    index.downloads += 1
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/simple"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> PackageIndex:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 @contextmanager
 def serve_index(
     root: Path, packages: list[tuple[str, str, str, str]], big: dict[str, int] | None = None, slow: Iterable[str] = ()
 ) -> Iterator[str]:
-    """Serve (dist, version, module, source) packages; yields the index URL for PIP_INDEX_URL.
-
-    `big` gives some distributions a payload of that many MiB; pages of `slow` distributions answer after 60 s.
-    """
-    build = root / "build"
-    build.mkdir(parents=True, exist_ok=True)
-    big = big or {}
-    wheels = [(d, make_wheel(build, d, v, m, s, big.get(d, 0))) for d, v, m, s in packages]
-    _layout(root / "www", wheels)
-    slow_paths = tuple(f"/simple/{canonicalize_name(name)}/" for name in slow)
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-            super().__init__(*args, directory=str(root / "www"), **kwargs)
-
-        def do_GET(self) -> None:
-            if self.path.startswith(slow_paths):
-                time.sleep(60)
-            super().do_GET()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """Serve packages as PackageIndex does; yields the index URL for PIP_INDEX_URL."""
+    with PackageIndex(root, packages, big, slow) as index:
+        yield index.url

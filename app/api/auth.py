@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import g, request
 
-from ..clients import authenticate
-from ..errors import Forbidden
-from ..services import services
+from app.clients import authenticate
+from app.errors import Forbidden
+from app.services import services
 
 PUBLIC_ENDPOINTS = {"api.healthz", "api.openapi"}
 
@@ -24,4 +24,4 @@ def client_for(named: str | None) -> str:
     """The caller's client name. :raises Forbidden: the request names another client."""
     if named and named != g.client:
         raise Forbidden(f"Your API key belongs to client {g.client!r}, not {named!r}.")
-    return g.client
+    return str(g.client)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from flask import Response, g, jsonify, request
 
-from .. import jobs
-from ..services import services
-from .requests import load
-from .routes import bp, job_schema
-from .schemas import DeletedSchema, JobListSchema, PageSchema
+from app.api.parsing import load
+from app.api.schemas import DeletedSchema, JobListSchema, PageSchema, job_schema
+from app.services import services
 
 
-@bp.get("/status/<job_id>")
 def job_status(job_id: str) -> Response:
     """A job's result.
+
     ---
     get:
       summary: One of your jobs (404 for anyone else's)
@@ -23,12 +21,12 @@ def job_status(job_id: str) -> Response:
         401: {$ref: "#/components/responses/Error"}
         404: {$ref: "#/components/responses/Error"}
     """
-    return jsonify(job_schema.dump(jobs.get_job(services(), job_id, g.client)))
+    return jsonify(job_schema.dump(services().jobs.get(job_id, g.client)))
 
 
-@bp.get("/status/<job_id>/output")
 def job_output(job_id: str) -> Response:
     """A job's output as text, live while it runs.
+
     ---
     get:
       summary: The output of one of your jobs, streamed while it runs
@@ -38,16 +36,16 @@ def job_output(job_id: str) -> Response:
         401: {$ref: "#/components/responses/Error"}
         404: {$ref: "#/components/responses/Error"}
     """
-    svc = services()
-    job = jobs.get_job(svc, job_id, g.client)
-    response = Response(jobs.follow_output(svc, job), mimetype="text/plain")
+    jobs = services().jobs
+    job = jobs.get(job_id, g.client)
+    response = Response(jobs.follow_output(job), mimetype="text/plain")
     response.headers["X-Job-Id"] = job.id
     return response
 
 
-@bp.get("/jobs")
 def list_jobs() -> Response:
     """The caller's jobs, newest first.
+
     ---
     get:
       summary: Your jobs, newest first
@@ -60,14 +58,14 @@ def list_jobs() -> Response:
         401: {$ref: "#/components/responses/Error"}
     """
     page = load(PageSchema(), request.args.to_dict())
-    found, total = jobs.list_jobs(services(), g.client, page["limit"], page["offset"])
+    found, total = services().jobs.page(g.client, page["limit"], page["offset"])
     body = {"jobs": found, "total": total, **page}
     return jsonify(JobListSchema().dump(body))
 
 
-@bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> Response:
     """Cancel a live job or delete a finished one.
+
     ---
     delete:
       summary: Cancel a queued or running job, or delete a finished one
@@ -77,7 +75,7 @@ def delete_job(job_id: str) -> Response:
         401: {$ref: "#/components/responses/Error"}
         404: {$ref: "#/components/responses/Error"}
     """
-    svc = services()
-    job = jobs.get_job(svc, job_id, g.client)
-    result = "cancelled" if jobs.cancel_or_delete(svc, job) else "deleted"
+    jobs = services().jobs
+    job = jobs.get(job_id, g.client)
+    result = "cancelled" if jobs.cancel_or_delete(job) else "deleted"
     return jsonify(DeletedSchema().dump({"job_id": job.id, "result": result}))

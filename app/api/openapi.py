@@ -9,7 +9,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec_webframeworks.flask import FlaskPlugin
 from flask import Flask
 
-from . import schemas
+from app.api import schemas
 
 DOCUMENTED_SCHEMAS = (
     "RunJsonSchema",

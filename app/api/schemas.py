@@ -6,21 +6,22 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-CLIENT_NAME = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
-CLIENT_NAME_RULE = (
-    "lowercase letters and digits, optionally separated by single '.', '_' or '-' (at most 63 characters)"
-)
+from app.clients import NAME, NAME_MAX_LENGTH, NAME_RULE
+from app.models import Status
 
 
 def client_field(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=[validate.Length(max=63), validate.Regexp(CLIENT_NAME, error=f"Must be {CLIENT_NAME_RULE}.")],
+        validate=[
+            validate.Length(max=NAME_MAX_LENGTH),
+            validate.Regexp(NAME, error=f"Must be {NAME_RULE} (at most {NAME_MAX_LENGTH} characters)."),
+        ],
         metadata={"description": "Client name; optional when the API key says who you are.", "example": "test-client"},
         **kwargs,
     )
 
 
-class Code(fields.Field):
+class Code(fields.Field[str]):
     """Source code given as one string or a list of lines."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -79,23 +80,7 @@ class ErrorSchema(Schema):
 class JobSchema(Schema):
     job_id = fields.String(attribute="id")
     client = fields.String()
-    status = fields.Function(
-        lambda j: j.status.value,
-        metadata={
-            "enum": [
-                "queued",
-                "running",
-                "succeeded",
-                "failed",
-                "timed_out",
-                "oom_killed",
-                "output_truncated",
-                "build_failed",
-                "cancelled",
-                "internal_error",
-            ]
-        },
-    )
+    status = fields.Function(lambda j: j.status.value, metadata={"enum": [s.value for s in Status]})
     message = fields.String()
     exit_code = fields.Integer(allow_none=True)
     stdout = fields.Function(lambda j: j.stdout.decode("utf-8", errors="replace"))
@@ -106,6 +91,9 @@ class JobSchema(Schema):
     created_at = fields.Float()
     finished_at = fields.Float(allow_none=True)
     build_log = fields.String()
+
+
+job_schema = JobSchema()
 
 
 class HealthSchema(Schema):

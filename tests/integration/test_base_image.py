@@ -7,7 +7,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from app.base_image import BASE_LABEL, base_image_exists
+from app.images.base import BASE_LABEL, base_image_exists
 
 REQUIREMENTS = Path(__file__).resolve().parents[2] / "dockerfiles" / "base" / "requirements.txt"
 

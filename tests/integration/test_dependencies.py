@@ -10,8 +10,9 @@ import docker
 import docker.errors
 import pytest
 
+from app.sandbox.container import LABEL
 from app.services import EXTENSION
-from tests.conftest import Api, read_line
+from tests.helpers import Api, chunks_of, json_of, read_line
 from tests.package_index import serve_index
 
 PACKAGES = [
@@ -30,7 +31,7 @@ def index_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def deps_app(make_app, base_image: str, index_url: str, docker_client: docker.DockerClient, monkeypatch):  # type: ignore[no-untyped-def]
+def deps_app(make_app, base_image: str, index_url: str, docker_client: docker.DockerClient, monkeypatch):
     """An app whose pip sees only the test index, with its own image prefix (removed afterwards)."""
     monkeypatch.setenv("PIP_INDEX_URL", index_url)
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
@@ -39,7 +40,7 @@ def deps_app(make_app, base_image: str, index_url: str, docker_client: docker.Do
     prefix = f"datapane-deps-test-{uuid.uuid4().hex[:8]}"
     made = []
 
-    def make(**overrides: object):  # type: ignore[no-untyped-def]
+    def make(**overrides: object):
         app = make_app(base_image=base_image, image_prefix=prefix, **overrides)
         made.append(app)
         return app
@@ -55,12 +56,12 @@ def image_id(docker_client: docker.DockerClient, tag: str) -> str:
     return docker_client.api.inspect_image(tag)["Id"]
 
 
-def client_tags(docker_client: docker.DockerClient, app) -> set[str]:  # type: ignore[no-untyped-def]
+def client_tags(docker_client: docker.DockerClient, app) -> set[str]:
     prefix = app.extensions[EXTENSION].settings.image_prefix
     return {t for i in docker_client.api.images() for t in i.get("RepoTags") or [] if t.startswith(prefix)}
 
 
-def test_detected_import_is_installed_with_its_mapped_name(deps_app) -> None:  # type: ignore[no-untyped-def]
+def test_detected_import_is_installed_with_its_mapped_name(deps_app) -> None:
     api = Api(deps_app())
     r = api.run_json(["import yaml", "from bs4 import BeautifulSoup", "print(yaml.__version__, BeautifulSoup.version)"])
     assert r.json["status"] == "succeeded", r.json
@@ -68,7 +69,7 @@ def test_detected_import_is_installed_with_its_mapped_name(deps_app) -> None:  #
     assert "beautifulsoup4" in r.json["build_log"] and "pyyaml" in r.json["build_log"].lower()
 
 
-def test_second_run_with_the_same_imports_builds_nothing(deps_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_second_run_with_the_same_imports_builds_nothing(deps_app, docker_client) -> None:
     api = Api(deps_app())
     first = api.run_json("import greetpkg\nprint(greetpkg.VERSION)").json
     tags = client_tags(docker_client, api.app)
@@ -79,7 +80,7 @@ def test_second_run_with_the_same_imports_builds_nothing(deps_app, docker_client
     assert len(tags) == 1
 
 
-def test_changed_import_set_builds_a_new_image(deps_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_changed_import_set_builds_a_new_image(deps_app, docker_client) -> None:
     api = Api(deps_app())
     api.run_json("import greetpkg")
     (one,) = client_tags(docker_client, api.app)
@@ -91,7 +92,7 @@ def test_changed_import_set_builds_a_new_image(deps_app, docker_client) -> None:
     assert image_id(docker_client, one) != image_id(docker_client, two)
 
 
-def test_stdlib_only_script_builds_no_dependency_image(deps_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_stdlib_only_script_builds_no_dependency_image(deps_app, docker_client) -> None:
     api = Api(deps_app())
     code = "import os, json, sys, collections.abc\nimport flask, requests  # already in the base image\nprint('ok')"
     r = api.run_json(code)
@@ -100,7 +101,7 @@ def test_stdlib_only_script_builds_no_dependency_image(deps_app, docker_client) 
     assert {t.split(":")[1] for t in client_tags(docker_client, api.app)} == {"nodeps"}
 
 
-def test_own_uploaded_modules_are_not_installed(deps_app) -> None:  # type: ignore[no-untyped-def]
+def test_own_uploaded_modules_are_not_installed(deps_app) -> None:
     import io
 
     api = Api(deps_app())
@@ -108,12 +109,12 @@ def test_own_uploaded_modules_are_not_installed(deps_app) -> None:  # type: igno
         "files[]": [(io.BytesIO(b"import helper\nprint(helper.X)\n"), "main.py"), (io.BytesIO(b"X = 5\n"), "helper.py")]
     }
     r = api.http.post("/run-file", data=data, headers=api.headers({"Accept": "application/json"}))
-    assert r.json["status"] == "succeeded"
-    assert r.json["stdout"] == "5\n"
-    assert "installing" not in r.json["build_log"]
+    assert json_of(r)["status"] == "succeeded"
+    assert json_of(r)["stdout"] == "5\n"
+    assert "installing" not in json_of(r)["build_log"]
 
 
-def test_nonexistent_package_is_build_failed_naming_it(deps_app) -> None:  # type: ignore[no-untyped-def]
+def test_nonexistent_package_is_build_failed_naming_it(deps_app) -> None:
     api = Api(deps_app())
     r = api.run_json("import nosuchpkgxyz", accept_json=False)
     assert (
@@ -127,7 +128,7 @@ def test_nonexistent_package_is_build_failed_naming_it(deps_app) -> None:  # typ
     assert "No matching distribution found for nosuchpkgxyz" in job["build_log"]
 
 
-def test_requirements_field_pins_are_honoured(deps_app) -> None:  # type: ignore[no-untyped-def]
+def test_requirements_field_pins_are_honoured(deps_app) -> None:
     api = Api(deps_app())
     code = "import greetpkg\nprint(greetpkg.VERSION)"
     assert api.run_json(code, requirements=["greetpkg==1.0"]).json["stdout"] == "1.0\n"
@@ -135,7 +136,7 @@ def test_requirements_field_pins_are_honoured(deps_app) -> None:  # type: ignore
     assert api.run_json(code).json["stdout"] == "2.0\n"  # detected: latest
 
 
-def test_uploaded_requirements_txt_overrides_detection(deps_app) -> None:  # type: ignore[no-untyped-def]
+def test_uploaded_requirements_txt_overrides_detection(deps_app) -> None:
     import io
 
     api = Api(deps_app())
@@ -146,18 +147,18 @@ def test_uploaded_requirements_txt_overrides_detection(deps_app) -> None:  # typ
         ]
     }
     r = api.http.post("/run-file", data=data, headers=api.headers({"Accept": "application/json"}))
-    assert r.json["status"] == "succeeded", r.json
-    assert r.json["stdout"] == "1.0\n"
+    assert json_of(r)["status"] == "succeeded", r.json
+    assert json_of(r)["stdout"] == "1.0\n"
 
 
-def test_requirement_options_and_urls_are_refused(deps_app) -> None:  # type: ignore[no-untyped-def]
+def test_requirement_options_and_urls_are_refused(deps_app) -> None:
     api = Api(deps_app())
     for bad in (["--index-url=http://evil/"], ["pkg @ https://evil/pkg.whl"], ["not a requirement!"]):
         r = api.run_json("print(1)", requirements=bad)
         assert r.status_code == 400, bad
 
 
-def test_gc_removes_the_least_recently_used_image_but_never_one_in_use(deps_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_gc_removes_the_least_recently_used_image_but_never_one_in_use(deps_app, docker_client) -> None:
     api = Api(deps_app(image_cache_size=1))
     api.run_json("import greetpkg")
     (oldest,) = client_tags(docker_client, api.app)
@@ -167,7 +168,7 @@ def test_gc_removes_the_least_recently_used_image_but_never_one_in_use(deps_app,
     code = ["import otherpkg, time", "print('started', flush=True)", "time.sleep(30)"]
     running = api.run_json(code, query="?async=1").json["job_id"]
     stream = api.http.get(f"/status/{running}/output", headers=api.headers(), buffered=False)
-    assert read_line(iter(stream.response)) == b"started\n"
+    assert read_line(chunks_of(stream)) == b"started\n"
     api.run_json("import greetpkg")  # over budget, but the otherpkg image is in use
     assert newest in client_tags(docker_client, api.app)
     assert len(client_tags(docker_client, api.app)) == 2
@@ -175,12 +176,12 @@ def test_gc_removes_the_least_recently_used_image_but_never_one_in_use(deps_app,
     stream.close()
 
 
-def test_the_pool_keeps_at_most_its_number_of_hot_images(deps_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_the_pool_keeps_at_most_its_number_of_hot_images(deps_app, docker_client) -> None:
     app = deps_app(pool_size=1, pool_images=1)
     api = Api(app)
     pool = app.extensions[EXTENSION].pool
     instance = app.extensions[EXTENSION].settings.instance
-    label = {"label": [f"io.datapane.runner.instance={instance}"]}
+    label = {"label": [f"{LABEL}.instance={instance}"]}
 
     def pooled_images() -> set[str]:
         deadline = time.monotonic() + 20

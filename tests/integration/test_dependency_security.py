@@ -12,11 +12,12 @@ from pathlib import Path
 import docker
 import pytest
 
-from app.downloads import DownloadRequest, download_wheels
 from app.errors import BuildFailed
+from app.images.downloads import DownloadRequest, download_wheels
+from app.images.wheels import wheel_platforms
+from app.sandbox.container import LABEL
 from app.services import EXTENSION
-from app.wheels import wheel_platforms
-from tests.conftest import Api
+from tests.helpers import Api, wait_until
 from tests.package_index import serve_index
 from tests.unit.test_deps import HOSTILE
 
@@ -55,7 +56,7 @@ def planted(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 @pytest.fixture
-def deps_api(make_app, base_image: str, index_url: str, docker_client: docker.DockerClient, monkeypatch):  # type: ignore[no-untyped-def]
+def deps_api(make_app, base_image: str, index_url: str, docker_client: docker.DockerClient, monkeypatch):
     """Make an Api whose pip sees only the test index, with its own image prefix (removed afterwards)."""
     monkeypatch.setenv("PIP_INDEX_URL", index_url)
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
@@ -90,7 +91,7 @@ def spellings(project: Path) -> list[str]:
     ]
 
 
-def test_every_hostile_spelling_is_refused_and_nothing_is_built(deps_api, planted) -> None:  # type: ignore[no-untyped-def]
+def test_every_hostile_spelling_is_refused_and_nothing_is_built(deps_api, planted) -> None:
     project, marker = planted
     api = deps_api()
     for line in [*spellings(project), *HOSTILE]:
@@ -106,7 +107,7 @@ def test_every_hostile_spelling_is_refused_and_nothing_is_built(deps_api, plante
     assert not marker.exists()
 
 
-def test_an_imported_module_never_names_a_host_folder(deps_api, planted) -> None:  # type: ignore[no-untyped-def]
+def test_an_imported_module_never_names_a_host_folder(deps_api, planted) -> None:
     _project, marker = planted
     api = deps_api()
     r = api.run_json("import someproject\nimport évil\n")
@@ -115,7 +116,7 @@ def test_an_imported_module_never_names_a_host_folder(deps_api, planted) -> None
     assert not marker.exists()
 
 
-def test_pip_in_the_download_container_cannot_reach_a_host_folder(planted, base_image, docker_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pip_in_the_download_container_cannot_reach_a_host_folder(planted, base_image, docker_client, tmp_path) -> None:
     """Defence in depth: even a string that skipped validation finds no host folder to build."""
     project, marker = planted
     platforms = tuple(wheel_platforms(docker_client))
@@ -124,13 +125,13 @@ def test_pip_in_the_download_container_cannot_reach_a_host_folder(planted, base_
         with pytest.raises(BuildFailed):
             download_wheels(
                 docker_client, base_image, request, tmp_path / "out.tar",
-                labels={"io.datapane.runner.test": "1"}, log=lambda _line: None, on_cancel=lambda _cb: None,
+                labels={f"{LABEL}.test": "1"}, log=lambda _line: None, on_cancel=lambda _cb: None,
             )  # fmt: skip
     assert not marker.exists()
-    assert not docker_client.api.containers(all=True, filters={"label": "io.datapane.runner.test"})
+    assert not docker_client.api.containers(all=True, filters={"label": f"{LABEL}.test"})
 
 
-def test_build_logs_name_no_host_path_and_no_index_url(deps_api, index_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_build_logs_name_no_host_path_and_no_index_url(deps_api, index_url: str) -> None:
     api = deps_api()
     ok = api.run_json("import greetpkg\nprint(greetpkg.VERSION)").json
     failed = api.run_json("import nosuchpkgxyz").json
@@ -142,7 +143,7 @@ def test_build_logs_name_no_host_path_and_no_index_url(deps_api, index_url: str)
             assert host_detail not in seen, (host_detail, seen)
 
 
-def test_downloads_past_the_budget_stop_cleanly(deps_api) -> None:  # type: ignore[no-untyped-def]
+def test_downloads_past_the_budget_stop_cleanly(deps_api) -> None:
     api = deps_api(max_download_mb=BIG_MB // 2)
     r = api.run_json("import bigpkg").json
     assert r["status"] == "build_failed"
@@ -150,7 +151,7 @@ def test_downloads_past_the_budget_stop_cleanly(deps_api) -> None:  # type: igno
     assert "RUNNER_MAX_DOWNLOAD_MB" in r["message"]
 
 
-def test_a_large_wheel_set_does_not_grow_the_service_memory(deps_api) -> None:  # type: ignore[no-untyped-def]
+def test_a_large_wheel_set_does_not_grow_the_service_memory(deps_api) -> None:
     api = deps_api()
     api.run_json("print('warm')")  # the base image's probe and the app's own start-up are not measured
     Path("/proc/self/clear_refs").write_text("5")  # reset this process's peak RSS (the service runs in it)
@@ -168,49 +169,39 @@ def _rss_kib(field: str) -> int:
     raise AssertionError(field)
 
 
-def test_cancel_stops_the_download_at_once(deps_api, docker_client) -> None:  # type: ignore[no-untyped-def]
+def cancel_and_wait(api: Api, job_id: str, within_s: float) -> None:
+    """Cancel a running job and check that it ends as cancelled within `within_s` seconds."""
+    assert api.delete(f"/jobs/{job_id}").json["result"] == "cancelled"
+    ended = wait_until(lambda: api.get(f"/status/{job_id}").json["status"] != "running", within_s)
+    assert ended, f"the job went on for {within_s} s after the cancel"
+    assert api.get(f"/status/{job_id}").json["status"] == "cancelled"
+
+
+def test_cancel_stops_the_download_at_once(deps_api, docker_client) -> None:
     api = deps_api()
     job_id = api.run_json("import slowpkg", query="?async=1").json["job_id"]
-    label = {"label": [f"io.datapane.runner.job={job_id}", "io.datapane.runner.purpose=download"]}
-    deadline = time.monotonic() + 30
-    while not docker_client.api.containers(filters=label):
-        assert time.monotonic() < deadline, "no download container started"
-        time.sleep(0.1)
-    time.sleep(1)
-    started = time.monotonic()
-    assert api.delete(f"/jobs/{job_id}").json["result"] == "cancelled"
-    while api.get(f"/status/{job_id}").json["status"] == "running":
-        assert time.monotonic() - started < 10, "the download went on after the cancel"
-        time.sleep(0.1)
-    assert api.get(f"/status/{job_id}").json["status"] == "cancelled"
+    label = {"label": [f"{LABEL}.job={job_id}", f"{LABEL}.purpose=download"]}
+    assert wait_until(lambda: docker_client.api.containers(filters=label), 30), "no download container started"
+    time.sleep(1)  # pip is now waiting on the slow index
+    cancel_and_wait(api, job_id, within_s=10)
     assert not docker_client.api.containers(all=True, filters=label)
 
 
-def test_cancel_stops_the_image_build_at_once(deps_api, docker_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import app.images
+def test_cancel_stops_the_image_build_at_once(deps_api, docker_client, monkeypatch) -> None:
+    from app.images import client_images
 
-    slow = app.images.DEPS_DOCKERFILE.replace("RUN python -m pip", "RUN sleep 120\nRUN python -m pip")
-    monkeypatch.setattr(app.images, "DEPS_DOCKERFILE", slow)  # a build step that takes long, after the label
+    slow = client_images.DEPS_DOCKERFILE.replace("RUN python -m pip", "RUN sleep 120\nRUN python -m pip")
+    monkeypatch.setattr(client_images, "DEPS_DOCKERFILE", slow)  # a build step that takes long, after the label
     api = deps_api()
     job_id = api.run_json("import otherpkg", query="?async=1").json["job_id"]
-    label = {"label": [f"{app.images.BUILD_LABEL}"]}
-    deadline = time.monotonic() + 60
-    while not docker_client.api.containers(filters=label):
-        assert time.monotonic() < deadline, "no build step started"
-        time.sleep(0.1)
-    started = time.monotonic()
-    assert api.delete(f"/jobs/{job_id}").json["result"] == "cancelled"
-    while api.get(f"/status/{job_id}").json["status"] == "running":
-        assert time.monotonic() - started < 15, "the build went on after the cancel"
-        time.sleep(0.1)
-    assert api.get(f"/status/{job_id}").json["status"] == "cancelled"
-    deadline = time.monotonic() + 10
-    while docker_client.api.containers(all=True, filters=label):
-        assert time.monotonic() < deadline, "the build's step container was left behind"
-        time.sleep(0.1)
+    label = {"label": [client_images.BUILD_LABEL]}
+    assert wait_until(lambda: docker_client.api.containers(filters=label), 60), "no build step started"
+    cancel_and_wait(api, job_id, within_s=15)
+    gone = wait_until(lambda: not docker_client.api.containers(all=True, filters=label), 10)
+    assert gone, "the build's step container was left behind"
 
 
-def test_a_new_image_evicts_only_its_own_clients_least_recently_used(deps_api, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_image_evicts_only_its_own_clients_least_recently_used(deps_api, docker_client) -> None:
     alice = deps_api("alice", client_max_images=1)
     bob = Api(alice.app, "bob")
     assert bob.run_json("import greetpkg").json["status"] == "succeeded"
@@ -222,7 +213,7 @@ def test_a_new_image_evicts_only_its_own_clients_least_recently_used(deps_api, d
     assert owners == ["alice", "bob"]  # alice's greetpkg image went; bob's stayed
 
 
-def test_an_image_larger_than_the_whole_cache_is_refused(deps_api) -> None:  # type: ignore[no-untyped-def]
+def test_an_image_larger_than_the_whole_cache_is_refused(deps_api) -> None:
     api = deps_api(image_cache_mb=BIG_MB // 2)
     r = api.run_json("import bigpkg").json
     assert r["status"] == "build_failed"

@@ -7,13 +7,12 @@ import time
 import docker
 import pytest
 
-from app.images import BuildHooks, client_image_tag
-from app.jobs import purge_expired, recover
+from app.images.client_images import BuildHooks, client_image_tag
 from app.models import Job, Limits, Status
-from app.sandbox import Run
+from app.sandbox.container import LABEL, Run
 from app.services import EXTENSION
 from app.store import Store
-from tests.conftest import Api, containers_gone, read_line
+from tests.helpers import Api, chunks_of, containers_gone, read_line
 
 
 def wait_done(api: Api, job_id: str, timeout: float = 60) -> dict:
@@ -42,7 +41,7 @@ def test_output_of_a_running_job_streams_live(api: Api) -> None:
     r = api.run_json(["import time", "print('first')", "time.sleep(3)", "print('second')"], query="?async=1")
     job_id = r.json["job_id"]
     stream = api.http.get(f"/status/{job_id}/output", headers=api.headers(), buffered=False)
-    chunks = iter(stream.response)
+    chunks = chunks_of(stream)
     assert read_line(chunks) == b"first\n"
     assert api.app.extensions[EXTENSION].store.get_job(job_id).status is Status.RUNNING
     assert b"".join(chunks) == b"second\n"
@@ -75,9 +74,9 @@ def test_delete_cancels_a_running_job_and_kills_its_container(api: Api, docker_c
         "job_id"
     ]
     stream = api.http.get(f"/status/{job_id}/output", headers=api.headers(), buffered=False)
-    assert read_line(iter(stream.response)) == b"started\n"
+    assert read_line(chunks_of(stream)) == b"started\n"
     stream.close()
-    label = f"io.datapane.runner.job={job_id}"
+    label = f"{LABEL}.job={job_id}"
     assert len(docker_client.api.containers(filters={"label": [label]})) == 1
     r = api.delete(f"/jobs/{job_id}")
     assert r.json == {"job_id": job_id, "result": "cancelled"}
@@ -92,7 +91,7 @@ def test_delete_removes_a_finished_job(api: Api) -> None:
     assert api.get(f"/status/{job_id}").status_code == 404
 
 
-def test_queue_full_answers_429_with_retry_after(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_queue_full_answers_429_with_retry_after(make_app, base_image: str) -> None:
     app = make_app(base_image=base_image, workers=1, queue_size=2, client_queue_limit=5)
     first, second = Api(app, "first"), Api(app, "second")
     sleeper = ["import time", "time.sleep(30)"]
@@ -109,7 +108,7 @@ def test_queue_full_answers_429_with_retry_after(make_app, base_image: str) -> N
     second.delete(f"/jobs/{ids[1]}")
 
 
-def test_cancelled_queued_job_never_runs(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_cancelled_queued_job_never_runs(make_app, base_image: str) -> None:
     api = Api(make_app(base_image=base_image, workers=1))
     blocker = api.run_json(["import time", "time.sleep(30)"], query="?async=1").json["job_id"]
     queued = api.run_json("print('should not run')", query="?async=1").json["job_id"]
@@ -120,7 +119,7 @@ def test_cancelled_queued_job_never_runs(make_app, base_image: str) -> None:  # 
     assert (body["status"], body["stdout"], body["duration_ms"]) == ("cancelled", "", None)
 
 
-def test_shutdown_cancels_queued_jobs_instead_of_running_them(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_shutdown_cancels_queued_jobs_instead_of_running_them(make_app, base_image: str) -> None:
     app = make_app(base_image=base_image, workers=1)
     api = Api(app)
     running = api.run_json(["import time", "time.sleep(1)", "print('done')"], query="?async=1").json["job_id"]
@@ -128,8 +127,11 @@ def test_shutdown_cancels_queued_jobs_instead_of_running_them(make_app, base_ima
     app.extensions[EXTENSION].close(wait=True)
     settings = app.extensions[EXTENSION].settings
     store = Store(settings.data_dir / "runner.sqlite3")
-    assert store.get_job(running).status is Status.SUCCEEDED
-    assert {store.get_job(j).status for j in queued} == {Status.CANCELLED}
+    finished = store.get_job(running)
+    assert finished is not None
+    assert finished.status is Status.SUCCEEDED
+    queued_jobs = [store.get_job(j) for j in queued]
+    assert {job.status if job is not None else None for job in queued_jobs} == {Status.CANCELLED}
 
 
 def test_client_disconnect_leaves_the_job_to_finish_and_be_read(api: Api, docker_client: docker.DockerClient) -> None:
@@ -140,14 +142,14 @@ def test_client_disconnect_leaves_the_job_to_finish_and_be_read(api: Api, docker
         buffered=False,
     )
     job_id = r.headers["X-Job-Id"]
-    assert read_line(iter(r.response)) == b"a\n"
+    assert read_line(chunks_of(r)) == b"a\n"
     r.close()  # the client goes away mid-run
     body = wait_done(api, job_id)
     assert (body["status"], body["stdout"]) == ("succeeded", "a\nb\n")
-    assert containers_gone(docker_client, f"io.datapane.runner.job={job_id}")
+    assert containers_gone(docker_client, f"{LABEL}.job={job_id}")
 
 
-def test_one_client_cannot_fill_the_whole_queue(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_one_client_cannot_fill_the_whole_queue(make_app, base_image: str) -> None:
     app = make_app(base_image=base_image, workers=1, queue_size=4, client_queue_limit=1)
     greedy, polite = Api(app, "greedy"), Api(app, "polite")
     sleeper = ["import time", "time.sleep(30)"]
@@ -161,7 +163,7 @@ def test_one_client_cannot_fill_the_whole_queue(make_app, base_image: str) -> No
     assert wait_done(polite, other.json["job_id"])["stdout"] == "still served\n"
 
 
-def test_results_survive_an_app_restart(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_results_survive_an_app_restart(make_app, base_image: str) -> None:
     first = Api(make_app(base_image=base_image))
     job_id = first.run_json(['print("kept")']).json["job_id"]
     first.app.extensions[EXTENSION].close(wait=True)
@@ -172,24 +174,24 @@ def test_results_survive_an_app_restart(make_app, base_image: str) -> None:  # t
     assert (body["status"], body["stdout"]) == ("succeeded", "kept\n")
 
 
-def test_next_start_removes_leftover_containers_and_marks_interrupted_jobs(docker_app, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_next_start_removes_leftover_containers_and_marks_interrupted_jobs(docker_app, docker_client) -> None:
     svc = docker_app.extensions[EXTENSION]
     job = stored_job("j1", Status.RUNNING, created_at=time.time())
     svc.store.save_job(job)
     tag = client_image_tag(svc.settings.image_prefix, "c", ())
     hooks = BuildHooks(log=lambda _: None, labels={})
-    svc.builder.ensure(docker_client, tag=tag, client_name="c", requirements=(), hooks=hooks)
+    svc.client_images.ensure(docker_client, tag=tag, client_name="c", requirements=(), hooks=hooks)
     Run(docker_client, tag, job.limits, svc.policy, {"job": "j1"})  # a crash leaves it behind
-    label = "io.datapane.runner.job=j1"
+    label = f"{LABEL}.job=j1"
     assert len(docker_client.api.containers(all=True, filters={"label": [label]})) == 1
-    assert recover(svc) == (1, 1)
+    assert svc.recover() == (1, 1)
     assert docker_client.api.containers(all=True, filters={"label": [label]}) == []
     stored = svc.store.get_job("j1")
     assert stored.status is Status.INTERNAL_ERROR
     assert "stopped before this job ended" in stored.message
 
 
-def test_expired_results_are_gone(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_expired_results_are_gone(make_app, base_image: str) -> None:
     api = Api(make_app(base_image=base_image, retention_s=1))
     job_id = api.run_json("print(1)").json["job_id"]
     assert api.get(f"/status/{job_id}").status_code == 200
@@ -198,12 +200,20 @@ def test_expired_results_are_gone(make_app, base_image: str) -> None:  # type: i
     assert api.get("/jobs").json["jobs"] == []
 
 
-def stored_job(job_id: str, status: Status, **times: float) -> Job:
+def stored_job(job_id: str, status: Status, *, created_at: float, finished_at: float | None = None) -> Job:
     """A job record as the store keeps it, for tests of the store's own rules."""
-    return Job(id=job_id, client="c", status=status, limits=Limits(1, 64, 1), entrypoint="main.py", **times)
+    return Job(
+        id=job_id,
+        client="c",
+        status=status,
+        limits=Limits(1, 64, 1),
+        entrypoint="main.py",
+        created_at=created_at,
+        finished_at=finished_at,
+    )
 
 
-def test_purge_deletes_only_jobs_past_retention(app) -> None:  # type: ignore[no-untyped-def]
+def test_purge_deletes_only_jobs_past_retention(app) -> None:
     svc = app.extensions[EXTENSION]
     now = time.time()
     old = stored_job("old", Status.SUCCEEDED, created_at=now - 10, finished_at=now - svc.settings.retention_s - 1)
@@ -211,12 +221,12 @@ def test_purge_deletes_only_jobs_past_retention(app) -> None:  # type: ignore[no
     running = stored_job("running", Status.RUNNING, created_at=now - svc.settings.retention_s - 10)
     for job in (old, new, running):
         svc.store.save_job(job)
-    assert purge_expired(svc, now=now) == 1
+    assert svc.jobs.purge_expired(now=now) == 1
     assert [svc.store.get_job(j) is None for j in ("old", "new", "running")] == [True, False, False]
 
 
 @pytest.mark.parametrize("path", ["/jobs", "/status/x", "/status/x/output"])
-def test_missing_or_wrong_key_is_401_with_how_to_get_one(app, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_missing_or_wrong_key_is_401_with_how_to_get_one(app, path: str) -> None:
     http = app.test_client()
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
         r = http.get(path, headers=headers)
@@ -224,21 +234,21 @@ def test_missing_or_wrong_key_is_401_with_how_to_get_one(app, path: str) -> None
         assert "clients create" in r.json["error"]["message"]
 
 
-def test_revoked_key_stops_working_at_once(app) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_key_stops_working_at_once(app) -> None:
     api = Api(app, "soon-gone")
     assert api.get("/jobs").status_code == 200
     app.extensions[EXTENSION].store.revoke_client("soon-gone")
     assert api.get("/jobs").status_code == 401
 
 
-def test_naming_another_client_in_the_body_is_403(app) -> None:  # type: ignore[no-untyped-def]
+def test_naming_another_client_in_the_body_is_403(app) -> None:
     api = Api(app, "me")
     r = api.run_json("print(1)", client="someone-else")
     assert r.status_code == 403
     assert r.json["error"]["code"] == "forbidden"
 
 
-def test_each_client_keeps_at_most_its_newest_finished_jobs(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_client_keeps_at_most_its_newest_finished_jobs(make_app, base_image: str) -> None:
     app = make_app(base_image=base_image, client_max_jobs=2)
     api, other = Api(app, "busy"), Api(app, "quiet")
     kept_elsewhere = other.run_json("print(0)").json["job_id"]

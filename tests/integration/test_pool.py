@@ -7,8 +7,9 @@ import time
 import docker
 import pytest
 
+from app.sandbox.container import LABEL
 from app.services import EXTENSION
-from tests.conftest import Api, registered_runtime
+from tests.helpers import Api, registered_runtime, wait_until
 
 SCRIPTS = {
     "succeeded": ['print("hello world")'],
@@ -21,7 +22,7 @@ SCRIPTS = {
 }
 
 
-def pooled_api(make_app, base_image: str, **overrides: object) -> Api:  # type: ignore[no-untyped-def]
+def pooled_api(make_app, base_image: str, **overrides: object) -> Api:
     api = Api(make_app(base_image=base_image, pool_size=2, max_output_bytes=10_000, **overrides))
     api.run_json("print('warm-up')")  # makes the image hot
     wait_for_pool(api, 2)
@@ -42,7 +43,7 @@ def outcome(api: Api, code: list[str]) -> tuple:
 
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
-def test_pooled_and_on_demand_runs_give_the_same_results_for_every_status(  # type: ignore[no-untyped-def]
+def test_pooled_and_on_demand_runs_give_the_same_results_for_every_status(
     make_app, base_image: str, docker_client, runtime: str
 ) -> None:
     registered_runtime(docker_client, runtime)
@@ -60,7 +61,7 @@ def test_pooled_and_on_demand_runs_give_the_same_results_for_every_status(  # ty
     )
 
 
-def test_a_pooled_container_is_never_reused(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_pooled_container_is_never_reused(make_app, base_image: str) -> None:
     api = pooled_api(make_app, base_image)
     code = ["import os, socket", "print(socket.gethostname(), sorted(os.listdir('/tmp')))", "open('/tmp/mark', 'w')"]
     seen = set()
@@ -75,7 +76,7 @@ def test_a_pooled_container_is_never_reused(make_app, base_image: str) -> None: 
     assert len(seen) == 4
 
 
-def test_forged_success_output_does_not_change_the_status(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_forged_success_output_does_not_change_the_status(make_app, base_image: str) -> None:
     api = pooled_api(make_app, base_image)
     forged = [
         "print('exit 0')",
@@ -87,14 +88,14 @@ def test_forged_success_output_does_not_change_the_status(make_app, base_image: 
     assert (body["status"], body["exit_code"]) == ("failed", 5)
 
 
-def test_the_pool_refills_after_each_take(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_pool_refills_after_each_take(make_app, base_image: str) -> None:
     api = pooled_api(make_app, base_image)
     api.run_json("print(1)")
     wait_for_pool(api, 2)
     assert api.app.extensions[EXTENSION].pool.size() == 2
 
 
-def test_an_empty_pool_falls_back_to_on_demand_containers(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_an_empty_pool_falls_back_to_on_demand_containers(make_app, base_image: str) -> None:
     api = pooled_api(make_app, base_image, workers=4)
     pool = api.app.extensions[EXTENSION].pool
     ids = [api.run_json("print('ok')", query="?async=1").json["job_id"] for _ in range(4)]
@@ -105,7 +106,7 @@ def test_an_empty_pool_falls_back_to_on_demand_containers(make_app, base_image: 
     assert pool.misses >= 1  # four at once from a pool of two
 
 
-def test_other_memory_or_cpu_limits_run_on_demand(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
+def test_other_memory_or_cpu_limits_run_on_demand(make_app, base_image: str) -> None:
     api = pooled_api(make_app, base_image)
     pool = api.app.extensions[EXTENSION].pool
     hits = pool.hits
@@ -119,33 +120,31 @@ def test_other_memory_or_cpu_limits_run_on_demand(make_app, base_image: str) -> 
     assert pool.hits == hits
 
 
-def test_shutdown_removes_every_pooled_container(make_app, base_image: str, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+def test_shutdown_removes_every_pooled_container(make_app, base_image: str, docker_client: docker.DockerClient) -> None:
     api = pooled_api(make_app, base_image)
     instance = api.app.extensions[EXTENSION].settings.instance
-    label = {"label": [f"io.datapane.runner.instance={instance}"]}
-    assert len(docker_client.api.containers(all=True, filters=label)) == 2
+    label = {"label": [f"{LABEL}.instance={instance}"]}
+    # the warm-up run's own container goes just after its answer: wait for the pool alone
+    assert wait_until(lambda: len(docker_client.api.containers(all=True, filters=label)) == 2, 10)
     api.app.extensions[EXTENSION].close(wait=True)
     assert docker_client.api.containers(all=True, filters=label) == []
 
 
 @pytest.mark.parametrize("size", [1, 3])
-def test_the_pool_never_holds_more_than_its_bound(make_app, base_image: str, docker_client, size: int) -> None:  # type: ignore[no-untyped-def]
+def test_the_pool_never_holds_more_than_its_bound(make_app, base_image: str, docker_client, size: int) -> None:
     api = Api(make_app(base_image=base_image, pool_size=size))
     for _ in range(3):
         api.run_json("print(1)")
     wait_for_pool(api, size)
     time.sleep(1)
     instance = api.app.extensions[EXTENSION].settings.instance
-    assert (
-        len(docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.instance={instance}"]}))
-        == size
-    )
+    assert len(docker_client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})) == size
 
 
-def test_a_dead_pooled_container_is_never_handed_out(make_app, base_image: str, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_pooled_container_is_never_handed_out(make_app, base_image: str, docker_client) -> None:
     api = pooled_api(make_app, base_image)
     instance = api.app.extensions[EXTENSION].settings.instance
-    pooled = docker_client.api.containers(filters={"label": [f"io.datapane.runner.instance={instance}"]})
+    pooled = docker_client.api.containers(filters={"label": [f"{LABEL}.instance={instance}"]})
     for container in pooled:  # e.g. an engine restart killed them
         docker_client.api.kill(container["Id"])
     time.sleep(0.5)
@@ -153,20 +152,22 @@ def test_a_dead_pooled_container_is_never_handed_out(make_app, base_image: str, 
     assert (body["status"], body["stdout"]) == ("succeeded", "still fine\n")
 
 
-def test_the_pool_survives_a_failed_refill(make_app, base_image: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_pool_survives_a_failed_refill(make_app, base_image: str, monkeypatch) -> None:
     import requests
 
-    import app.pool
+    from app.sandbox import pool
+    from app.sandbox.container import Run
 
-    real_run, failures = app.pool.Run, []
+    real_run = Run  # the class pool.Run names; patching pool's name below leaves this one whole
+    failures: list[int] = []
 
-    def flaky_run(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def flaky_run(*args, **kwargs):
         if not failures:
             failures.append(1)
             raise requests.ConnectionError("engine hiccup")
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(app.pool, "Run", flaky_run)
+    monkeypatch.setattr(pool, "Run", flaky_run)
     api = Api(make_app(base_image=base_image, pool_size=2))
     api.run_json("print('warm-up')")
     wait_for_pool(api, 1)
@@ -175,11 +176,10 @@ def test_the_pool_survives_a_failed_refill(make_app, base_image: str, monkeypatc
     assert failures == [1]
 
 
-def test_the_base_image_is_warm_from_the_start(make_app, base_image: str) -> None:  # type: ignore[no-untyped-def]
-    from app.jobs import recover
+def test_the_base_image_is_warm_from_the_start(make_app, base_image: str) -> None:
 
     app = make_app(base_image=base_image, pool_size=2)
-    recover(app.extensions[EXTENSION])
+    app.extensions[EXTENSION].recover()
     api = Api(app)
     wait_for_pool(api, 2)
     pool = app.extensions[EXTENSION].pool

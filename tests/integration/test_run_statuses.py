@@ -5,7 +5,7 @@ from __future__ import annotations
 import docker
 import pytest
 
-from tests.conftest import Api, registered_runtime
+from tests.helpers import Api, json_of, registered_runtime
 
 
 @pytest.fixture(params=["runc", "runsc"])
@@ -70,7 +70,7 @@ def test_multi_gigabyte_allocation_is_oom_killed(api: Api) -> None:
     assert "64 MiB" in r.json["message"]
 
 
-def test_output_flood_is_truncated_and_stopped(make_app, base_image: str, runtime: str) -> None:  # type: ignore[no-untyped-def]
+def test_output_flood_is_truncated_and_stopped(make_app, base_image: str, runtime: str) -> None:
     api = Api(make_app(base_image=base_image, max_output_bytes=10_000, runtime=runtime))
     r = api.run_json("while True: print('x' * 1000)")
     assert r.json["status"] == "output_truncated"
@@ -96,8 +96,8 @@ def test_uploaded_modules_import_each_other(api: Api) -> None:
     data = {"files[]": [(__import__("io").BytesIO(c), n) for c, n in files], "client": "test-client"}
     r = api.http.post("/run-file", data=data, headers=api.headers({"Accept": "application/json"}))
     assert r.status_code == 200, r.json
-    assert r.json["stdout"] == "hi from helper\n"
-    assert r.json["entrypoint"] == "main.py"
+    assert json_of(r)["stdout"] == "hi from helper\n"
+    assert json_of(r)["entrypoint"] == "main.py"
 
 
 def test_script_gets_empty_stdin(api: Api) -> None:

@@ -9,18 +9,18 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import cli
-from tests.conftest import registered_runtime
+from tests.helpers import registered_runtime
 
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
-def test_healthz_names_the_runtime(make_app, base_image: str, docker_client: docker.DockerClient, runtime: str) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_names_the_runtime(make_app, base_image: str, docker_client: docker.DockerClient, runtime: str) -> None:
     registered_runtime(docker_client, runtime)
     r = make_app(base_image=base_image, runtime=runtime).test_client().get("/healthz")
     assert r.status_code == 200, r.json
     assert (r.json["status"], r.json["runtime"], r.json["runtime_available"]) == ("ok", runtime, True)
 
 
-def test_a_runtime_docker_lacks_makes_the_service_unready(make_app, base_image: str, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_runtime_docker_lacks_makes_the_service_unready(make_app, base_image: str, docker_client) -> None:
     r = make_app(base_image=base_image, runtime="no-such-runtime").test_client().get("/healthz")
     assert r.status_code == 503
     assert r.json["runtime_available"] is False
@@ -29,7 +29,7 @@ def test_a_runtime_docker_lacks_makes_the_service_unready(make_app, base_image: 
 
 def test_the_service_refuses_to_start_with_a_runtime_docker_lacks(
     base_image: str, docker_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     monkeypatch.setenv("RUNNER_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("RUNNER_BASE_IMAGE", base_image)
     monkeypatch.setenv("RUNNER_RUNTIME", "no-such-runtime")

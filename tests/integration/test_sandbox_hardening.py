@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
-from tests.conftest import Api, containers_gone, read_line, registered_runtime
+from app.sandbox.container import LABEL
+from tests.helpers import Api, chunks_of, containers_gone, read_line, registered_runtime
 
 
 @pytest.fixture(params=["runc", "runsc"])
@@ -16,7 +18,7 @@ def runtime(request: pytest.FixtureRequest, docker_client: docker.DockerClient) 
     return registered_runtime(docker_client, request.param)
 
 
-def run_ok(api: Api, code: str, **fields: object) -> str:
+def run_ok(api: Api, code: str, **fields: Any) -> str:
     r = api.run_json(code, **fields)
     assert r.json["status"] == "succeeded", r.json
     return r.json["stdout"]
@@ -129,7 +131,7 @@ def test_fork_bomb_ends_the_run_and_leaves_nothing(api: Api, docker_client: dock
     assert r.json["status"] in ("succeeded", "failed")  # runc: fork() fails in the script; runsc: the sandbox ends
     assert r.json["duration_ms"] < 10_000
     instance = api.app.extensions["runner"].settings.instance
-    assert containers_gone(docker_client, f"io.datapane.runner.instance={instance}")
+    assert containers_gone(docker_client, f"{LABEL}.instance={instance}")
 
 
 def test_memory_and_cpu_limits_are_seen_inside(api: Api, runtime: str, request: pytest.FixtureRequest) -> None:
@@ -154,9 +156,9 @@ def test_memory_and_cpu_limits_are_applied_to_the_container(api: Api) -> None:
     code = ["import time", "print('ready', flush=True)", "time.sleep(30)"]
     job_id = api.run_json(code, memory_mb=100, cpus=0.5, query="?async=1").json["job_id"]
     stream = api.http.get(f"/status/{job_id}/output", headers=api.headers(), buffered=False)
-    assert read_line(iter(stream.response)) == b"ready\n"
+    assert read_line(chunks_of(stream)) == b"ready\n"
     (container,) = api.app.extensions["runner"].docker.client.api.containers(
-        filters={"label": [f"io.datapane.runner.job={job_id}"]}
+        filters={"label": [f"{LABEL}.job={job_id}"]}
     )
     try:
         memory = host_cgroup(container["Id"], ("memory", "memory.limit_in_bytes"), ("", "memory.max"))
@@ -190,4 +192,4 @@ def test_no_container_is_left_after_runs(api: Api, docker_client: docker.DockerC
     api.run_json("raise SystemExit(1)")
     api.run_json("while True: pass", timeout=0.5)
     instance = api.app.extensions["runner"].settings.instance
-    assert containers_gone(docker_client, f"io.datapane.runner.instance={instance}")
+    assert containers_gone(docker_client, f"{LABEL}.instance={instance}")

@@ -16,6 +16,9 @@ from pathlib import Path
 import docker
 import pytest
 
+from app.sandbox.container import LABEL
+from tests.helpers import TEST_IMAGE_PREFIX
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,7 +38,7 @@ def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) 
         "RUNNER_DATA_DIR": str(tmp_path),
         "RUNNER_INSTANCE": instance,
         "RUNNER_BASE_IMAGE": base_image,
-        "RUNNER_IMAGE_PREFIX": "datapane-run-test",
+        "RUNNER_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
     }
     made = subprocess.run(
         [sys.executable, "run.py", "clients", "create", "test-client"],
@@ -60,13 +63,14 @@ def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) 
     proc.terminate()
     proc.wait(timeout=60)
     log.close()
-    left = docker_client.api.containers(all=True, filters={"label": [f"io.datapane.runner.instance={instance}"]})
+    left = docker_client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
     assert left == []
 
 
-def test_served_stream_delivers_first_line_before_the_script_ends(server) -> None:  # type: ignore[no-untyped-def]
+def test_served_stream_delivers_first_line_before_the_script_ends(server, request: pytest.FixtureRequest) -> None:
     port, key, _ = server
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    request.addfinalizer(conn.close)
     body = json.dumps(
         {
             "script_name": "main.py",
@@ -90,7 +94,7 @@ def test_served_stream_delivers_first_line_before_the_script_ends(server) -> Non
     assert first_at < total - 1  # the first line came a whole sleep before the end
 
 
-def test_seed_curl_examples_work_with_a_key(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_seed_curl_examples_work_with_a_key(server, tmp_path: Path) -> None:
     port, key, _ = server
     main = tmp_path / "main.py"
     main.write_text("print('hello from a file')\n")
@@ -149,9 +153,10 @@ def test_seed_curl_examples_work_with_a_key(server, tmp_path: Path) -> None:  # 
     assert out == "hello world\n/\ngoodbye world\n"
 
 
-def test_healthz_is_public_and_ok(server) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_is_public_and_ok(server, request: pytest.FixtureRequest) -> None:
     port, _, _ = server
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    request.addfinalizer(conn.close)
     conn.request("GET", "/healthz")
     resp = conn.getresponse()
     assert resp.status == 200

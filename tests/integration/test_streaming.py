@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.models import Status
 from app.services import EXTENSION
-from tests.conftest import Api, read_line
+from tests.helpers import Api, chunks_of, read_line
 
 SLOW = ["import time", "print('first')", "time.sleep(3)", "print('second')"]
 
@@ -14,7 +14,7 @@ def test_first_line_arrives_while_the_script_still_runs(api: Api) -> None:
     assert r.status_code == 200
     assert r.mimetype == "text/plain"
     job_id = r.headers["X-Job-Id"]
-    chunks = iter(r.response)
+    chunks = chunks_of(r)
     first = read_line(chunks)
     store = api.app.extensions[EXTENSION].store
     assert first == b"first\n"

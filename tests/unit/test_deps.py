@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.deps import (
+from app.errors import ValidationFailed
+from app.images.client_images import deps_key
+from app.images.deps import (
     ImageEnvironment,
     canonical_set,
     check_detected_count,
@@ -13,8 +15,6 @@ from app.deps import (
     parse_requirements,
     third_party_imports,
 )
-from app.errors import ValidationFailed
-from app.images import deps_key
 
 ENV = ImageEnvironment(
     stdlib=frozenset({"os", "sys", "json", "collections", "__future__"}), installed=frozenset({"flask"})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.downloads import download_environment, pip_download_command, wheel_members
 from app.errors import BuildFailed
+from app.images.downloads import download_environment, pip_download_command, wheel_members
 
 WHEEL = "greetpkg-1.0-py3-none-any.whl"
 

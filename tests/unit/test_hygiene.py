@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import BaseImageBuildError
-from app.rootfs import DEBIAN_KEYRING, debootstrap_command
+from app.images.rootfs import DEBIAN_KEYRING, debootstrap_command
 from app.store import Store
 
 

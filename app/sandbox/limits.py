@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config import Settings
-from .errors import ValidationFailed
-from .models import Limits
+from app.config import Settings
+from app.errors import ValidationFailed
+from app.models import Limits
 
 
 def resolve_limits(requested: Mapping[str, Any], settings: Settings) -> Limits:

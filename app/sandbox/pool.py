@@ -9,10 +9,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .docker_access import DockerGateway
-from .errors import RunnerError
-from .models import Limits
-from .sandbox import Run, SandboxPolicy
+from app.errors import RunnerError
+from app.models import Limits
+from app.sandbox.container import Run, SandboxPolicy
+from app.sandbox.docker_gateway import DockerGateway
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
-import requests
 from docker.utils.socket import frames_iter
 
-from .errors import SandboxError
-from .models import Limits, RunOutcome
+from app.errors import SandboxError
+from app.models import Limits, RunOutcome
+from app.sandbox.docker_gateway import DOCKER_ERRORS, close_socket, translated
 
 log = logging.getLogger(__name__)
-# docker-py lets the HTTP layer's own errors through (a restarting engine, a read timeout).
-DOCKER_ERRORS = (docker.errors.DockerException, requests.RequestException)
 LABEL = "io.datapane.runner"
 WORKDIR = "/sandbox"
 SANDBOX_UID = SANDBOX_GID = 1000  # the `python` user of the base image
@@ -54,28 +53,30 @@ class SandboxPolicy:
 
 def hardened_host_config(
     api: docker.APIClient, limits: Limits, policy: SandboxPolicy, log_driver: str = "none"
-) -> dict:
+) -> dict[str, Any]:
     """Every run's isolation: limits, no network, read-only root, small noexec scratch, no privileges."""
     mem = f"{limits.memory_mb}m"
     # Docker adds nodev itself; naming it here makes Docker drop the mode option.
     scratch = f"rw,noexec,nosuid,size={policy.tmpfs_mb}m"
-    return api.create_host_config(
-        mem_limit=mem,
-        memswap_limit=mem,
-        nano_cpus=int(limits.cpus * 1e9),
-        pids_limit=policy.pids_limit,
-        network_mode="none",
-        read_only=True,
-        tmpfs={WORKDIR: f"{scratch},uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700", "/tmp": f"{scratch},mode=1777"},
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        ipc_mode="private",
-        log_config={"type": log_driver, "config": {}},  # no log by default: a flood must not fill the host's disk
-        runtime=policy.runtime,
-        ulimits=[
-            docker.types.Ulimit(name="nofile", soft=256, hard=256),
-            docker.types.Ulimit(name="core", soft=0, hard=0),  # a crash dumps no memory to the host's disk
-        ],
+    return dict(
+        api.create_host_config(
+            mem_limit=mem,
+            memswap_limit=mem,
+            nano_cpus=int(limits.cpus * 1e9),
+            pids_limit=policy.pids_limit,
+            network_mode="none",
+            read_only=True,
+            tmpfs={WORKDIR: f"{scratch},uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700", "/tmp": f"{scratch},mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            ipc_mode="private",
+            log_config={"type": log_driver, "config": {}},  # no log by default: a flood must not fill the host's disk
+            runtime=policy.runtime,
+            ulimits=[
+                docker.types.Ulimit(name="nofile", soft=256, hard=256),
+                docker.types.Ulimit(name="core", soft=0, hard=0),  # a crash dumps no memory to the host's disk
+            ],
+        )
     )
 
 
@@ -106,7 +107,7 @@ class Run:
         self._sock = None
         self._killed_for_output = False
         self._cancelled = threading.Event()
-        try:
+        with translated(SandboxError, "Docker could not create the container"):
             self.container_id: str = self._api.create_container(
                 image,
                 command=agent_command(),
@@ -118,8 +119,6 @@ class Run:
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},
                 host_config=hardened_host_config(self._api, limits, policy),
             )["Id"]
-        except DOCKER_ERRORS as e:
-            raise SandboxError(f"Docker could not create the container: {e}") from e
 
     def alive(self) -> bool:
         """A started container whose agent still waits: its output stream is silent and open."""
@@ -138,16 +137,14 @@ class Run:
         with self._start_lock:  # a cancel comes either before the start (no start) or after it (a kill)
             if self._cancelled.is_set() or self._sock is not None:
                 return
-            try:
+            with translated(SandboxError, "Docker could not attach to the container"):
                 sock = self._api.attach_socket(
                     self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
                 )
-            except DOCKER_ERRORS as e:
-                raise SandboxError(f"Docker could not attach to the container: {e}") from e
             try:
                 self._api.start(self.container_id)
             except DOCKER_ERRORS as e:
-                _close(sock)
+                close_socket(sock)
                 raise SandboxError(f"Docker could not start the container: {e}") from e
             self._sock = sock
 
@@ -161,17 +158,16 @@ class Run:
         watchdog.daemon = True
         watchdog.start()
         try:
-            with contextlib.suppress(OSError):  # the container may already be gone; Docker says how it ended
-                _send_all(sock, encode_payload(files, entrypoint))
-            self._forward(sock, sink)
-            return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"])
-        except DOCKER_ERRORS as e:
-            raise SandboxError(f"Docker failed during the run: {e}") from e
+            with translated(SandboxError, "Docker failed during the run"):
+                with contextlib.suppress(OSError):  # the container may already be gone; Docker says how it ended
+                    _send_all(sock, encode_payload(files, entrypoint))
+                self._forward(sock, sink)
+                return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"])
         finally:
             watchdog.cancel()
-            _close(sock)
+            close_socket(sock)
 
-    def _forward(self, sock, sink: OutputSink) -> None:  # type: ignore[no-untyped-def]
+    def _forward(self, sock: Any, sink: OutputSink) -> None:
         budget = self._policy.max_output_bytes
         for stream, data in frames_iter(sock, tty=False):
             kept = data[: max(budget, 0)]
@@ -211,7 +207,7 @@ class Run:
     def remove(self) -> None:
         """Remove the container, retrying; a failure is logged (the next start removes leftovers by label)."""
         if self._sock is not None:  # a pooled run that never ran still holds its attach socket
-            _close(self._sock)
+            close_socket(self._sock)
         for attempt in range(3):
             try:
                 self._api.remove_container(self.container_id, force=True, v=True)
@@ -225,15 +221,8 @@ class Run:
                     time.sleep(0.5)
 
 
-def _send_all(sock, data: bytes) -> None:  # type: ignore[no-untyped-def]
+def _send_all(sock: Any, data: bytes) -> None:  # docker-py's attach socket: a SocketIO or a socket
     getattr(sock, "_sock", sock).sendall(data)
-
-
-def _close(sock) -> None:  # type: ignore[no-untyped-def]
-    sock.close()
-    raw = getattr(sock, "_sock", None)
-    if raw is not None:
-        raw.close()
 
 
 def runtime_registered(client: docker.DockerClient, runtime: str) -> bool:
@@ -241,18 +230,14 @@ def runtime_registered(client: docker.DockerClient, runtime: str) -> bool:
 
     :raises SandboxError: Docker does not answer.
     """
-    try:
+    with translated(SandboxError, "Docker could not list its runtimes"):
         return runtime in (client.info().get("Runtimes") or {})
-    except DOCKER_ERRORS as e:
-        raise SandboxError(f"Docker could not list its runtimes: {e}") from e
 
 
 def remove_leftovers(client: docker.DockerClient, instance: str) -> int:
     """Remove every container this service instance left behind (after a crash); return how many."""
-    try:
+    with translated(SandboxError, "Docker could not list or remove leftover containers"):
         found = client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
         for c in found:
             client.api.remove_container(c["Id"], force=True, v=True)
-    except DOCKER_ERRORS as e:
-        raise SandboxError(f"Docker could not list or remove leftover containers: {e}") from e
     return len(found)

@@ -9,11 +9,11 @@ from marshmallow import Schema, ValidationError
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from ..config import Settings
-from ..deps import REQUIREMENTS_FILE, check_detected_count, parse_requirements
-from ..errors import PayloadTooLarge, ValidationFailed
-from ..limits import resolve_limits
-from ..models import RunSpec
+from app.config import Settings
+from app.errors import PayloadTooLarge, ValidationFailed
+from app.images.deps import REQUIREMENTS_FILE, check_detected_count, parse_requirements
+from app.models import RunSpec
+from app.sandbox.limits import resolve_limits
 
 ALLOWED_SUFFIXES = (".py",)
 ALLOWED_NAMES = (REQUIREMENTS_FILE,)
@@ -23,7 +23,7 @@ MAX_NAME_LENGTH = 100
 def load(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
     """Validate with a schema. :raises ValidationFailed: with marshmallow's messages per field."""
     try:
-        return schema.load(data)
+        return dict(schema.load(data))
     except ValidationError as e:
         raise ValidationFailed("The request is not valid; see details for each field.", details=e.messages) from e
 
@@ -96,7 +96,7 @@ def requirements_of(files: Mapping[str, bytes], listed: list[str] | None) -> tup
     return None
 
 
-def build_spec(
+def run_spec(
     client: str,
     files: dict[str, bytes],
     entrypoint: str | None,

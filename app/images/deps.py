@@ -8,11 +8,12 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from .errors import ValidationFailed
+from app.errors import ValidationFailed
 
 REQUIREMENTS_FILE = "requirements.txt"
 MAX_REQUIREMENTS = 50
@@ -92,8 +93,6 @@ def distributions_for(imports: Iterable[str]) -> list[str]:
 
 @cache
 def _pipreqs_mapping() -> dict[str, str]:
-    from importlib.resources import files
-
     text = files("pipreqs").joinpath("mapping").read_text()
     return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
 

@@ -6,33 +6,31 @@ import shutil
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from .errors import BaseImageBuildError
-from .rootfs import host_mirrors, import_rootfs, remove_tree
-from .wheels import WheelDownloadFailed, download_base_wheels, wheel_platforms
+from app.errors import BaseImageBuildError
+from app.images.build_stream import DockerBuildError, build_output
+from app.images.rootfs import host_mirrors, import_rootfs, remove_tree
+from app.images.wheels import WheelDownloadFailed, download_base_wheels, wheel_platforms
+from app.models import LogSink
+from app.sandbox.docker_gateway import DOCKER_ERRORS, inspect_image
 
 BASE_LABEL = "io.datapane.runner.base"
-DOCKERFILE_DIR = Path(__file__).resolve().parent.parent / "dockerfiles" / "base"
+DOCKERFILE_DIR = Path(__file__).resolve().parents[2] / "dockerfiles" / "base"
 REGISTRY_BASE = "python:3.11-slim"
 _TAIL_LINES = 30
 
-Log = Callable[[str], None]
 
 __all__ = ["BASE_LABEL", "BaseImageBuildError", "base_image_exists", "build_base_image"]
 
 
 def base_image_exists(client: docker.DockerClient, tag: str) -> bool:
     """Whether the engine has an image `tag` carrying the base-image label."""
-    try:
-        image = client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return BASE_LABEL in (image.labels or {})
+    image = inspect_image(client, tag)
+    return image is not None and BASE_LABEL in (image["Config"].get("Labels") or {})
 
 
 def build_base_image(
@@ -40,7 +38,7 @@ def build_base_image(
     tag: str,
     *,
     offline: bool,
-    log: Log = print,
+    log: LogSink = print,
     debian_mirror: str | None = None,
 ) -> str:
     """Build the base image under `tag` and return its id.
@@ -62,7 +60,7 @@ def build_base_image(
             # apt-get upgrade in the build needs the network; pip never does (--no-index).
             buildargs, network_mode, pull = {"BASE": REGISTRY_BASE, "APT_UPGRADE": "1"}, None, True
         return _docker_build(client, context, tag, buildargs, network_mode, pull, log)
-    except (docker.errors.DockerException, OSError, subprocess.SubprocessError) as e:
+    except (*DOCKER_ERRORS, OSError, subprocess.SubprocessError) as e:
         raise BaseImageBuildError(f"building {tag} failed: {e}") from e
     finally:
         remove_tree(workdir, log)
@@ -75,7 +73,7 @@ def _platforms(client: docker.DockerClient) -> list[str]:
         raise BaseImageBuildError(str(e)) from e
 
 
-def _download_wheels(context: Path, platforms: list[str], log: Log) -> None:
+def _download_wheels(context: Path, platforms: list[str], log: LogSink) -> None:
     """Download the wheels of requirements.txt (and their dependencies) for CPython 3.11 into context/wheels."""
     log("downloading wheels")
     try:
@@ -91,7 +89,7 @@ def _docker_build(
     buildargs: dict[str, str],
     network_mode: str | None,
     pull: bool,
-    log: Log,
+    log: LogSink,
 ) -> str:
     """Run the Docker build of `context` as `tag`, streaming its output into `log`; return the image id."""
     log(f"docker build {tag} (BASE={buildargs['BASE']})")
@@ -106,18 +104,11 @@ def _docker_build(
         forcerm=True,
         decode=True,
     )
-    for chunk in stream:
-        if chunk.get("error"):
-            tail.append(chunk["error"].strip())
-            raise BaseImageBuildError(f"docker build of {tag} failed; the log ends:\n" + "\n".join(tail))
-        if "stream" in chunk:
-            text = chunk["stream"]
-        elif "status" in chunk and not chunk.get("progressDetail"):
-            text = " ".join(filter(None, (chunk.get("id"), chunk["status"])))
-        else:
-            continue
-        for line in text.splitlines():
-            if line.strip():
-                tail.append(line)
-                log(line)
-    return client.images.get(tag).id
+    try:
+        for line in build_output(stream):
+            tail.append(line)
+            log(line)
+    except DockerBuildError as e:
+        tail.append(str(e))
+        raise BaseImageBuildError(f"docker build of {tag} failed; the log ends:\n" + "\n".join(tail)) from e
+    return str(client.images.get(tag).id)

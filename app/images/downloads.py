@@ -15,15 +15,18 @@ import tarfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from .errors import BuildFailed
-from .sandbox import DOCKER_ERRORS, SANDBOX_GID, SANDBOX_UID
-from .wheels import pip_download_options
+from app.errors import BuildFailed
+from app.images.wheels import failed_requirement, pip_download_options
+from app.models import LogSink
+from app.sandbox.container import SANDBOX_GID, SANDBOX_UID
+from app.sandbox.docker_gateway import DOCKER_ERRORS, exec_output
 
 DOWNLOAD_DIR = "/wheels"
 CERT_PATH = "/etc/ssl/certs/runner-pip-cert.pem"
@@ -31,15 +34,12 @@ CERT_PATH = "/etc/ssl/certs/runner-pip-cert.pem"
 # PIP_CONSTRAINT) are the host's and are never forwarded, except PIP_CERT, mounted read-only.
 FORWARDED = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES")
 TAIL_LINES = 30
-_FAILED_REQUIREMENT = re.compile(r"(?:satisfies the requirement|matching distribution found for) (\S+)")
 _NO_SPACE = re.compile(r"No space left on device|Errno 28")
 # Writes the download folder as a tar stream to stdout: the tmpfs is not visible to Docker's archive API.
 _TAR_OUT = (
     "import sys, tarfile\n"
     f"with tarfile.open(fileobj=sys.stdout.buffer, mode='w|') as t: t.add({DOWNLOAD_DIR!r}, 'wheels')\n"
 )
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,12 @@ class DownloadRequest:
 
 
 def pip_download_command(requirements: Iterable[str], platforms: Iterable[str]) -> list[str]:
-    """pip download in the container, isolated (-I), no cache; the requirements after `--`."""
+    """Pip download in the container, isolated (-I), no cache; the requirements after `--`."""
     options = pip_download_options(DOWNLOAD_DIR, platforms)
     return ["python", "-I", "-m", "pip", "download", *options, "--no-cache-dir", "--", *requirements]
 
 
-def download_environment(env: dict[str, str] | None = None) -> tuple[dict[str, str], str | None]:
+def download_environment(env: Mapping[str, str] | None = None) -> tuple[dict[str, str], str | None]:
     """(the container's environment, host CA bundle to mount): only the index settings of the service's pip."""
     env = os.environ if env is None else env
     out = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_CACHE_DIR": "1"}
@@ -76,7 +76,7 @@ def download_wheels(
     archive: Path,
     *,
     labels: dict[str, str],
-    log: Log,
+    log: LogSink,
     on_cancel: Callable[[Callable[[], None]], None],
 ) -> None:
     """Download the wheels of `request` in a container of `image`; write them as a tar file to `archive`.
@@ -156,12 +156,12 @@ class _DownloadBox:
         self._timer.start()
         return True
 
-    def pip(self, log: Log) -> list[str]:
+    def pip(self, log: LogSink) -> list[str]:
         """Run pip download, streaming its lines to `log`; return the last lines."""
         command = pip_download_command(self._request.requirements, self._request.platforms)
         exec_id = self._api.exec_create(self.container_id, command, user=f"{SANDBOX_UID}:{SANDBOX_GID}")["Id"]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        for line in _lines(self._api.exec_start(exec_id, stream=True)):
+        for line in _lines(data for _stream, data in exec_output(self._api, exec_id)):
             tail.append(line)
             log(line)
         self.exit_code = self._api.exec_inspect(exec_id).get("ExitCode")
@@ -173,7 +173,7 @@ class _DownloadBox:
         exec_id = self._api.exec_create(self.container_id, ["python", "-I", "-c", _TAR_OUT], stderr=False)["Id"]
         written = 0
         with archive.open("wb") as out:
-            for chunk in self._api.exec_start(exec_id, stream=True):
+            for _stream, chunk in exec_output(self._api, exec_id):
                 written += len(chunk)
                 if written > limit:
                     raise _over_budget(self._request.budget_mb)
@@ -222,8 +222,7 @@ def _pip_failed(tail: list[str], budget_mb: int) -> BuildFailed:
     text = "\n".join(tail)
     if _NO_SPACE.search(text):
         return _over_budget(budget_mb)
-    found = _FAILED_REQUIREMENT.findall(text)
-    requirement = found[-1] if found else None
+    requirement = failed_requirement(tail)
     named = f"Could not install {requirement!r}" if requirement else "Could not install the requirements"
     return BuildFailed(
         f"{named}: pip found no wheel for it on the package index.",
@@ -236,8 +235,6 @@ def wheel_members(archive: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarF
 
     :raises BuildFailed: the archive holds anything else (a link, a folder, another file): nothing is built.
     """
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-
     with tarfile.open(archive, mode="r:") as tar:
         for member in tar:
             name = member.name

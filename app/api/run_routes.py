@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Response, jsonify, request, url_for
 
-from .. import jobs
-from ..errors import UnsupportedMediaType, ValidationFailed
-from ..models import Job, RunSpec, Status
-from ..services import Services, services
-from . import auth
-from .requests import build_spec, check_file_name, check_size, load, read_uploads
-from .schemas import JobSchema, RunFormSchema, RunJsonSchema
-
-bp = Blueprint("api", __name__)
-job_schema = JobSchema()
+from app.api.auth import client_for
+from app.api.parsing import check_file_name, check_size, load, read_uploads, run_spec
+from app.api.schemas import RunFormSchema, RunJsonSchema, job_schema
+from app.errors import UnsupportedMediaType, ValidationFailed
+from app.jobs.service import JobService
+from app.models import Job, RunSpec, Status
+from app.services import services
 
 
-@bp.post("/run-json")
 def run_json() -> Response:
     """Run a script sent as JSON.
+
     ---
     post:
       summary: Run a script given as JSON
@@ -56,13 +53,13 @@ def run_json() -> Response:
     svc = services()
     name = check_file_name(fields["script_name"])
     files = {name: check_size(name, fields["code"].encode(), svc.settings)}
-    client = auth.client_for(fields.get("client"))
-    return _start(build_spec(client, files, name, fields, svc.settings, svc.builder.known_installed()))
+    client = client_for(fields.get("client"))
+    return _start(run_spec(client, files, name, fields, svc.settings, svc.client_images.known_installed()))
 
 
-@bp.post("/run-file")
 def run_file() -> Response:
     """Run uploaded files.
+
     ---
     post:
       summary: Run uploaded .py files
@@ -96,14 +93,14 @@ def run_file() -> Response:
     fields = load(RunFormSchema(), request.form.to_dict())
     svc = services()
     files = read_uploads(request.files.getlist("files[]"), svc.settings)
-    client = auth.client_for(fields.get("client"))
+    client = client_for(fields.get("client"))
     entrypoint = fields.get("entrypoint")
-    return _start(build_spec(client, files, entrypoint, fields, svc.settings, svc.builder.known_installed()))
+    return _start(run_spec(client, files, entrypoint, fields, svc.settings, svc.client_images.known_installed()))
 
 
 def _start(spec: RunSpec) -> Response:
     svc = services()
-    job = jobs.submit(svc, spec)
+    job = svc.jobs.submit(spec)
     if request.args.get("async", "").lower() in ("1", "true", "yes"):
         status_url = url_for("api.job_status", job_id=job.id)
         response = jsonify({"job_id": job.id, "status": job.status.value, "status_url": status_url})
@@ -111,21 +108,21 @@ def _start(spec: RunSpec) -> Response:
         response.headers["Location"] = status_url
         return response
     if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == "application/json":
-        response = jsonify(job_schema.dump(jobs.wait_finished(svc, job)))
+        response = jsonify(job_schema.dump(svc.jobs.wait_finished(job)))
     else:
-        response = Response(_stream(svc, job), mimetype="text/plain")
+        response = Response(_stream(svc.jobs, job), mimetype="text/plain")
     response.headers["X-Job-Id"] = job.id
     return response
 
 
-def _stream(svc: Services, job: Job) -> Iterator[bytes]:
+def _stream(jobs: JobService, job: Job) -> Iterator[bytes]:
     """The output as it comes, then a marker line when the run did not succeed."""
     last = b"\n"
-    for chunk in jobs.follow_output(svc, job):
+    for chunk in jobs.follow_output(job):
         if chunk:
             last = chunk
             yield chunk
-    final = svc.store.get_job(job.id)
-    if final is not None and final.status is not Status.SUCCEEDED:
+    final = jobs.latest(job)
+    if final.status is not Status.SUCCEEDED:
         lead = b"" if last.endswith(b"\n") else b"\n"
         yield lead + f"[runner] job {final.id} {final.status.value}: {final.message}\n".encode()

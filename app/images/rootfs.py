@@ -8,14 +8,14 @@ import platform
 import re
 import shutil
 import subprocess
-from collections import deque
-from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 
 import docker
 
-from .errors import BaseImageBuildError
+from app.errors import BaseImageBuildError
+from app.images.process import run_streaming
+from app.models import LogSink
 
 DEBIAN_SUITE = "bookworm"
 ROOTFS_REPOSITORY = "datapane-rootfs"
@@ -36,34 +36,17 @@ SLIM_EXCLUDES = (
     "/usr/share/man/*",
 )
 SLIM_INCLUDES = ("/usr/share/doc/*/copyright",)
-_TAIL_LINES = 30
 _CHROOT_ENV = {"PATH": DEFAULT_PATH, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
 
-Log = Callable[[str], None]
 
-
-def run_logged(cmd: list[str], log: Log, env: dict[str, str] | None = None) -> None:
+def run_logged(cmd: list[str], log: LogSink, env: dict[str, str] | None = None) -> None:
     """Run `cmd`, streaming its output into `log`; raise BaseImageBuildError with the output's tail if it fails."""
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
     try:
-        with subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            env=env,
-        ) as proc:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip()
-                tail.append(line)
-                log(line)
+        code, tail = run_streaming(cmd, log, env=env)
     except OSError as e:
         raise BaseImageBuildError(f"cannot run {cmd[0]}: {e}") from e
-    if proc.returncode:
-        error = subprocess.CalledProcessError(proc.returncode, cmd)
+    if code:
+        error = subprocess.CalledProcessError(code, cmd)
         raise BaseImageBuildError(f"{error}\n" + "\n".join(tail)) from error
 
 
@@ -125,7 +108,7 @@ def host_mirrors() -> tuple[str, str]:
 
 
 def debootstrap_command(rootfs: Path, mirror: str, keyring: Path = DEBIAN_KEYRING) -> list[str]:
-    """debootstrap of a minimal bookworm that checks the archive's signatures against Debian's keyring.
+    """Debootstrap of a minimal bookworm that checks the archive's signatures against Debian's keyring.
 
     :raises BaseImageBuildError: the keyring or gpgv is missing (nothing unverified is ever built).
     """
@@ -144,7 +127,7 @@ def debootstrap_command(rootfs: Path, mirror: str, keyring: Path = DEBIAN_KEYRIN
     ]  # fmt: skip
 
 
-def _make_rootfs(rootfs: Path, mirror: str, security_mirror: str, log: Log) -> None:
+def _make_rootfs(rootfs: Path, mirror: str, security_mirror: str, log: LogSink) -> None:
     """Debootstrap a minimal bookworm with Python into `rootfs`, apply Debian's updates and clean apt's caches."""
     if os.geteuid() != 0:
         raise BaseImageBuildError("the offline build runs debootstrap and chroot, which need root")
@@ -194,7 +177,7 @@ def _slim(rootfs: Path) -> None:
                     path.rmdir()
 
 
-def import_rootfs(client: docker.DockerClient, workdir: Path, mirror: str, security_mirror: str, log: Log) -> str:
+def import_rootfs(client: docker.DockerClient, workdir: Path, mirror: str, security_mirror: str, log: LogSink) -> str:
     """Build a bookworm rootfs under `workdir` and import it into the engine as ROOTFS_TAG; return its id."""
     rootfs, tarball = workdir / "rootfs", workdir / "rootfs.tar"
     _make_rootfs(rootfs, mirror, security_mirror, log)
@@ -238,7 +221,7 @@ def _mounts_under(root: Path) -> list[str]:
     return points
 
 
-def remove_tree(root: Path, log: Log) -> None:
+def remove_tree(root: Path, log: LogSink) -> None:
     """Remove our temp dir, first unmounting anything left mounted inside it (never rmtree through a mount)."""
     try:
         for point in sorted(_mounts_under(root), key=len, reverse=True):

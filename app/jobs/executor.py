@@ -7,8 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from .errors import QueueFull
-from .models import RunSpec
+from app.errors import QueueFull
+from app.models import RunSpec
 
 
 class CancelToken:
@@ -41,7 +41,7 @@ class CancelToken:
 
 
 JobHandler = Callable[[str, RunSpec, CancelToken], None]
-"""Runs one job to its end and records the result (see jobs.execute_job)."""
+"""Runs one job to its end and records the result (JobRunner.execute in app/jobs/runner.py)."""
 
 
 class JobExecutor(Protocol):

@@ -19,13 +19,14 @@ from typing import BinaryIO
 import docker
 import docker.errors
 
-from .deps import ImageEnvironment
-from .downloads import DownloadRequest, download_wheels, wheel_members
-from .errors import BuildFailed, DockerUnavailable
-from .sandbox import DOCKER_ERRORS, LABEL
-from .wheels import WheelDownloadFailed, wheel_platforms
-
-LogSink = Callable[[str], None]
+from app.errors import BuildFailed, DockerUnavailable
+from app.images.build_stream import DockerBuildError, build_output
+from app.images.deps import ImageEnvironment
+from app.images.downloads import DownloadRequest, download_wheels, wheel_members
+from app.images.wheels import WheelDownloadFailed, wheel_platforms
+from app.models import LogSink
+from app.sandbox.container import LABEL
+from app.sandbox.docker_gateway import DOCKER_ERRORS, inspect_image, translated
 
 
 @dataclass(frozen=True)
@@ -76,19 +77,17 @@ def client_image_tag(prefix: str, client: str, requirements: tuple[str, ...]) ->
 
 def base_image_id(client: docker.DockerClient, base: str) -> str:
     """Id of the base image. :raises DockerUnavailable: it is missing or Docker does not answer."""
-    try:
-        return client.api.inspect_image(base)["Id"]
-    except docker.errors.ImageNotFound as e:
-        raise DockerUnavailable(f"The base image {base} is missing; run `python run.py build-base`.") from e
-    except docker.errors.DockerException as e:
-        raise DockerUnavailable(f"Docker is not reachable: {e}") from e
+    image = inspect_image(client, base)
+    if image is None:
+        raise DockerUnavailable(f"The base image {base} is missing; run `python run.py build-base`.")
+    return str(image["Id"])
 
 
 def base_image_present(client: docker.DockerClient, base: str) -> bool:
     """True when the base image exists in the engine."""
     try:
         client.api.inspect_image(base)
-    except docker.errors.DockerException:
+    except DOCKER_ERRORS:
         return False
     return True
 
@@ -160,7 +159,10 @@ class ClientImages:
                 download.unlink()
                 with context.open("rb") as stream:  # streamed to Docker from disk, never held in memory
                     _build(client, tag, stream, labels, self._memory_mb, deadline, hooks)
-            return client.api.inspect_image(tag)["Id"], True
+            built = _image_id(client, tag)
+            if built is None:
+                raise BuildFailed(f"Docker built image {tag} but does not show it.")
+            return built, True
 
     def base_id(self, client: docker.DockerClient) -> str:
         """The base image's id, asked of Docker at most once a second (it is on every run's path)."""
@@ -175,18 +177,24 @@ class ClientImages:
 
 
 def _probe(client: docker.DockerClient, base_id: str, labels: dict[str, str]) -> ImageEnvironment:
-    container = client.api.create_container(
-        base_id, command=["python", "-I", "-c", PROBE], network_disabled=True, labels=labels,
-        host_config=client.api.create_host_config(network_mode="none", read_only=True, cap_drop=["ALL"]),
-    )  # fmt: skip
+    what = "Could not inspect the base image's Python"
+    with translated(DockerUnavailable, what):
+        container = client.api.create_container(
+            base_id, command=["python", "-I", "-c", PROBE], network_disabled=True, labels=labels,
+            host_config=client.api.create_host_config(network_mode="none", read_only=True, cap_drop=["ALL"]),
+        )  # fmt: skip
     try:
-        client.api.start(container)
-        client.api.wait(container, timeout=60)
-        found = json.loads(client.api.logs(container, stderr=False))
-    except (docker.errors.DockerException, ValueError) as e:
-        raise DockerUnavailable(f"Could not inspect the base image's Python: {e}") from e
+        with translated(DockerUnavailable, what):
+            client.api.start(container)
+            client.api.wait(container, timeout=60)
+            output = client.api.logs(container, stderr=False)
     finally:
-        client.api.remove_container(container, force=True)
+        with contextlib.suppress(*DOCKER_ERRORS):  # a leftover is removed by label at the next start
+            client.api.remove_container(container, force=True)
+    try:
+        found = json.loads(output)
+    except ValueError as e:
+        raise DockerUnavailable(f"{what}: it printed no JSON") from e
     return ImageEnvironment(frozenset(found["stdlib"]), frozenset(found["installed"]))
 
 
@@ -215,27 +223,24 @@ def _write_context(context: Path, download: Path, dockerfile: str, requirements:
 
 def _tag(client: docker.DockerClient, image_id: str, tag: str) -> None:
     """Point `tag` at `image_id` unless it already does."""
-    try:
-        if client.api.inspect_image(tag)["Id"] == image_id:
-            return
-    except docker.errors.ImageNotFound:
-        pass
+    if _image_id(client, tag) == image_id:
+        return
     repository, _, version = tag.rpartition(":")
-    try:
+    with translated(BuildFailed, f"Docker could not tag image {tag}"):
         client.api.tag(image_id, repository, version, force=True)
-    except docker.errors.DockerException as e:
-        raise BuildFailed(
-            f"Docker could not tag image {tag}: {e}", details={"requirement": None, "log_tail": []}
-        ) from e
 
 
 def _current(client: docker.DockerClient, tag: str, base_id: str) -> str | None:
     """The id of `tag` if it exists and was built from `base_id`."""
-    try:
-        image = client.api.inspect_image(tag)
-    except docker.errors.ImageNotFound:
+    image = inspect_image(client, tag)
+    if image is None or (image["Config"].get("Labels") or {}).get(f"{LABEL}.base-id") != base_id:
         return None
-    return image["Id"] if (image["Config"].get("Labels") or {}).get(f"{LABEL}.base-id") == base_id else None
+    return str(image["Id"])
+
+
+def _image_id(client: docker.DockerClient, tag: str) -> str | None:
+    image = inspect_image(client, tag)
+    return None if image is None else str(image["Id"])
 
 
 def _kill_build_steps(client: docker.DockerClient, tag: str) -> None:
@@ -267,18 +272,16 @@ def _build(
             network_mode="none", container_limits={"memory": memory_mb * 2**20, "memswap": memory_mb * 2**20},
             timeout=max(deadline - time.monotonic(), 1), decode=True,
         )  # fmt: skip
-        for entry in stream:  # leaving the loop closes the stream, which makes Docker cancel the build
+        for line in build_output(stream):  # leaving the loop closes the stream, which makes Docker cancel the build
             if hooks.cancelled():
                 raise failed("The job was cancelled while its image was building.")
             if time.monotonic() > deadline:
                 raise failed("Installing the packages took longer than the build time limit; nothing was built.")
-            if "error" in entry:
-                lines.append(entry["error"].rstrip())
-                raise failed(f"Building image {tag} failed: {entry['error'].strip()}")
-            text = entry.get("stream", "").rstrip()
-            if text:
-                lines.append(text)
-                if not BUILDER_CHATTER.match(text):
-                    hooks.log(text)
+            lines.append(line)
+            if not BUILDER_CHATTER.match(line):
+                hooks.log(line)
+    except DockerBuildError as e:
+        lines.append(str(e))
+        raise failed(f"Building image {tag} failed: {e}") from e
     except DOCKER_ERRORS as e:
         raise failed(f"Docker could not build image {tag}: {e}") from e

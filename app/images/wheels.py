@@ -8,21 +8,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import docker
 
+from app.images.process import run_streaming
+from app.models import LogSink
+
 PYTHON_VERSION = "3.11"  # the Python of the base image (both build paths)
 GLIBC_MINOR = 36  # bookworm's glibc 2.36, the oldest of both bases: any manylinux_2_{<=36} wheel runs
-TAIL_LINES = 30
 _ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
 _HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 _FAILED_REQUIREMENT = re.compile(r"(?:satisfies the requirement|matching distribution found for) (\S+)")
-
-Log = Callable[[str], None]
 
 
 class WheelDownloadFailed(Exception):
@@ -35,7 +33,7 @@ class WheelDownloadFailed(Exception):
 
 
 def wheel_platforms(client: docker.DockerClient) -> list[str]:
-    """pip --platform tags of every manylinux wheel that runs on the engine's architecture and glibc 2.36."""
+    """Pip --platform tags of every manylinux wheel that runs on the engine's architecture and glibc 2.36."""
     goarch = client.version().get("Arch", "")
     arch = _ARCHES.get(goarch)
     if arch is None:
@@ -46,7 +44,7 @@ def wheel_platforms(client: docker.DockerClient) -> list[str]:
 
 
 def pip_environment() -> dict[str, str]:
-    """pip's own settings (PIP_INDEX_URL, PIP_CERT, ...) and little else: no service secrets."""
+    """Pip's own settings (PIP_INDEX_URL, PIP_CERT, ...) and little else: no service secrets."""
     return {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in _HOST_ENV}
 
 
@@ -64,7 +62,7 @@ def pip_download_options(dest: str, platforms: Iterable[str]) -> list[str]:
 
 
 def download_base_wheels(
-    requirements: Path, dest: Path, platforms: Iterable[str], log: Log, timeout_s: float = 600
+    requirements: Path, dest: Path, platforms: Iterable[str], log: LogSink, timeout_s: float = 600
 ) -> None:
     """Download the wheels of the base image's own requirements file (never a client's) into `dest`.
 
@@ -73,49 +71,25 @@ def download_base_wheels(
 
     :raises WheelDownloadFailed: pip failed or took longer than `timeout_s`.
     """
-    cwd = Path(tempfile.mkdtemp(prefix="datapane-pip-"))
     cmd = [sys.executable, "-I", "-m", "pip", "download", *pip_download_options(str(dest), platforms)]
     cmd += ["-r", str(requirements.resolve())]
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    cwd = Path(tempfile.mkdtemp(prefix="datapane-pip-"))
     try:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", env=pip_environment(), cwd=cwd,
-        )  # fmt: skip
+        code, tail = run_streaming(cmd, log, env=pip_environment(), cwd=cwd, timeout_s=timeout_s)
     except OSError as e:
         raise WheelDownloadFailed(f"cannot run pip: {e}", None, []) from e
+    except subprocess.TimeoutExpired as e:
+        tail = str(e.output or "").splitlines()
+        raise WheelDownloadFailed(f"pip download took longer than {timeout_s:g} s", None, tail) from e
     finally:
         shutil.rmtree(cwd, ignore_errors=True)
-    with proc:
-        try:
-            _pump(proc, tail, log, timeout_s)
-        except subprocess.TimeoutExpired as e:
-            proc.kill()
-            raise WheelDownloadFailed(f"pip download took longer than {timeout_s:g} s", None, list(tail)) from e
-    if proc.returncode:
-        found = _FAILED_REQUIREMENT.findall("\n".join(tail))
-        requirement = found[-1] if found else None
+    if code:
+        requirement = failed_requirement(tail)
         what = f"requirement {requirement!r}" if requirement else "the requirements"
-        raise WheelDownloadFailed(f"pip could not download {what}", requirement, list(tail))
+        raise WheelDownloadFailed(f"pip could not download {what}", requirement, tail)
 
 
-def _pump(proc: subprocess.Popen[str], tail: deque[str], log: Log, timeout_s: float) -> None:
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout_s, expire)
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            tail.append(line)
-            log(line)
-        proc.wait()
-    finally:
-        timer.cancel()
-    if expired.is_set():
-        raise subprocess.TimeoutExpired(proc.args, timeout_s)
+def failed_requirement(tail: list[str]) -> str | None:
+    """The requirement pip said it could not find, from the last lines of its output."""
+    found = _FAILED_REQUIREMENT.findall("\n".join(tail))
+    return found[-1] if found else None

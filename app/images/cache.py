@@ -10,9 +10,10 @@ from contextlib import contextmanager
 
 import docker
 
-from .errors import BuildFailed
-from .sandbox import DOCKER_ERRORS, LABEL
-from .store import Store
+from app.errors import BuildFailed
+from app.sandbox.container import LABEL
+from app.sandbox.docker_gateway import DOCKER_ERRORS
+from app.store import Store
 
 
 class ImageCache:
@@ -42,8 +43,10 @@ class ImageCache:
                     del self._in_use[tag]
 
     def admit(self, client: docker.DockerClient, tag: str, owner: str) -> None:
-        """After `owner`'s new image `tag` is built: refuse it when larger than the whole budget, else keep the
-        owner within its own image count (evicting only its own images) and everyone within the budget.
+        """Admit `owner`'s newly built image `tag`, or refuse it.
+
+        Refused when larger than the whole budget; else the owner is kept within its own image count (evicting
+        only its own images) and everyone within the budget.
 
         :raises BuildFailed: the image alone is larger than the cache budget (it is removed).
         """

@@ -1,0 +1,39 @@
+"""Whether this instance can run scripts: Docker answers, the base image exists, the runtime is registered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import RunnerError
+from app.images.client_images import base_image_present
+from app.sandbox.container import runtime_registered
+from app.sandbox.docker_gateway import DockerGateway
+
+
+def check_health(docker: DockerGateway, *, base_image: str, runtime: str) -> dict[str, Any]:
+    """The health answer: status ok or unavailable, a message saying what is missing, and each check."""
+    docker_ok = docker.ping()
+    image_ok = docker_ok and base_image_present(docker.client, base_image)
+    runtime_ok = docker_ok and _runtime_ok(docker, runtime)
+    ready = image_ok and runtime_ok
+    problems = [
+        *([] if docker_ok else ["the Docker engine does not answer"]),
+        *([] if image_ok or not docker_ok else [f"the base image {base_image} is missing"]),
+        *([] if runtime_ok or not docker_ok else [f"the Docker engine has no runtime {runtime!r} (RUNNER_RUNTIME)"]),
+    ]
+    return {
+        "status": "ok" if ready else "unavailable",
+        "message": "Ready to run scripts." if ready else "Not ready: " + "; ".join(problems) + ".",
+        "docker": docker_ok,
+        "base_image": base_image,
+        "base_image_present": image_ok,
+        "runtime": runtime,
+        "runtime_available": runtime_ok,
+    }
+
+
+def _runtime_ok(docker: DockerGateway, runtime: str) -> bool:
+    try:
+        return runtime_registered(docker.client, runtime)
+    except RunnerError:
+        return False

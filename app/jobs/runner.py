@@ -1,0 +1,193 @@
+"""Executing one job: resolve its packages, ensure its image, run it, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+
+from app.errors import BuildFailed, RunnerError
+from app.images.cache import ImageCache
+from app.images.client_images import BuildHooks, ClientImages, client_image_tag
+from app.images.deps import MAX_REQUIREMENTS, canonical_set, distributions_for, third_party_imports
+from app.jobs.executor import CancelToken
+from app.jobs.outputs import OutputChannel, OutputHub
+from app.models import Job, RunOutcome, RunSpec, Status
+from app.redaction import client_line, redact
+from app.sandbox.container import LABEL, Run, SandboxPolicy, container_labels
+from app.sandbox.docker_gateway import DockerGateway
+from app.sandbox.pool import WarmPool
+from app.store import Store
+
+log = logging.getLogger(__name__)
+PROGRESS_PREFIX = "[runner] "
+
+
+class JobRunner:
+    """Runs one job to its end: packages, image, container, outcome, record. Built once, with what it needs."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        outputs: OutputHub,
+        docker: DockerGateway,
+        client_images: ClientImages,
+        image_cache: ImageCache,
+        pool: WarmPool,
+        policy: SandboxPolicy,
+        image_prefix: str,
+    ) -> None:
+        self._store = store
+        self._outputs = outputs
+        self._docker = docker
+        self._client_images = client_images
+        self._image_cache = image_cache
+        self._pool = pool
+        self._policy = policy
+        self._image_prefix = image_prefix
+
+    def execute(self, job_id: str, spec: RunSpec, token: CancelToken) -> None:
+        """Run the job to its end and record it; never raises, always closes its live output."""
+        channel = self._outputs.open(job_id)
+        # The container is removed last, after the result is recorded and its readers are released.
+        with ExitStack() as cleanup:
+            try:
+                job = self._store.get_job(job_id)
+                if job is not None:  # None: deleted while queued
+                    self._execute(job, spec, token, _Progress(channel, job.id), cleanup)
+            finally:
+                channel.close()
+                self._outputs.discard(job_id)
+
+    def _execute(self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack) -> None:
+        try:
+            if token.cancelled:
+                job.finish(
+                    Status.CANCELLED,
+                    "The job was cancelled before it started (by its owner, or because the service stopped).",
+                )
+                return
+            job.status = Status.RUNNING
+            self._store.save_job(job)
+            outcome = self._build_and_run(job, spec, token, progress, cleanup)
+            job.finished_at = time.time()
+            job.finish(outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
+        except BuildFailed as e:
+            if token.cancelled:
+                job.finish(Status.CANCELLED, "The job was cancelled while its image was being built.")
+            else:
+                job.finish(Status.BUILD_FAILED, redact(e.message))
+        except RunnerError as e:
+            job.finish(Status.INTERNAL_ERROR, redact(e.message))
+        except Exception:
+            log.exception("job %s failed unexpectedly", job.id)
+            job.finish(Status.INTERNAL_ERROR, "The service failed while running this job; it has been logged.")
+        finally:
+            job.stdout, job.stderr, job.output = progress.stdout, progress.stderr, progress.output
+            job.build_log = progress.build_log
+            try:
+                if self._store.get_job(job.id) is not None:  # not deleted meanwhile
+                    self._store.save_job(job)
+            except Exception:
+                log.exception("could not record the result of job %s", job.id)
+
+    def _build_and_run(
+        self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack
+    ) -> RunOutcome:
+        docker = self._docker.client
+        labels = container_labels(self._policy.instance, job=job.id, client=spec.client)
+        requirements = self._requirements(spec, labels)
+        tag = client_image_tag(self._image_prefix, spec.client, requirements)
+        cleanup.enter_context(self._image_cache.using(tag))
+        hooks = BuildHooks(
+            log=progress.build_line,
+            labels={**labels, f"{LABEL}.purpose": "download"},
+            on_cancel=token.on_cancel,
+            cancelled=lambda: token.cancelled,
+        )
+        image_id, built = self._client_images.ensure(
+            docker, tag=tag, client_name=spec.client, requirements=requirements, hooks=hooks
+        )
+        if built:
+            self._image_cache.admit(docker, tag, spec.client)
+        if token.cancelled:
+            return RunOutcome.cancelled_before_start()
+        run = self._pool.take(image_id, spec.limits) or Run(
+            docker, image_id, spec.limits, self._policy, {"job": job.id, "client": spec.client}
+        )
+        cleanup.callback(self._pool.replenish, image_id)  # runs after the removal below
+        cleanup.callback(run.remove)
+        token.on_cancel(run.cancel)
+        log.info("job %s of %s runs in container %s", job.id, spec.client, run.container_id[:12])
+        job.started_at = time.time()
+        return run.execute(spec.files, spec.entrypoint, progress.output_chunk)
+
+    def _requirements(self, spec: RunSpec, labels: dict[str, str]) -> tuple[str, ...]:
+        """The explicit requirements, else the distributions of the third-party imports; canonical."""
+        if spec.requirements is not None:
+            return canonical_set(spec.requirements)
+        env = self._client_images.environment(self._docker.client, labels)
+        found = canonical_set(distributions_for(third_party_imports(spec.files, env)))
+        if len(found) > MAX_REQUIREMENTS:
+            raise BuildFailed(
+                f"The script imports {len(found)} packages; a run may install at most {MAX_REQUIREMENTS}."
+            )
+        return found
+
+
+def describe(outcome: RunOutcome, job: Job) -> str:
+    """A sentence a curl user can act on."""
+    lim = job.limits
+    return {
+        Status.SUCCEEDED: "The script exited with code 0.",
+        Status.FAILED: f"The script exited with code {outcome.exit_code}.",
+        Status.TIMED_OUT: f"The script ran longer than its time limit of {lim.timeout_s:g} s and was stopped.",
+        Status.OOM_KILLED: f"The script used more than its memory limit of {lim.memory_mb} MiB and was killed.",
+        Status.OUTPUT_TRUNCATED: "The script printed more output than the service keeps; the run was stopped.",
+        Status.CANCELLED: "The job was cancelled.",
+    }[outcome.status]
+
+
+class _Progress:
+    """What one job prints, kept for its record and forwarded live.
+
+    Build lines come first (whole in the service's log; kept and streamed without host details), then the
+    script's stdout and stderr, kept apart and interleaved.
+    """
+
+    def __init__(self, channel: OutputChannel, job_id: str) -> None:
+        self._channel = channel
+        self._job_id = job_id
+        self._build: list[str] = []
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        self._all: list[bytes] = []
+
+    def build_line(self, line: str) -> None:
+        log.info("job %s build: %s", self._job_id, line)
+        shown = client_line(line)
+        if shown is not None:
+            self._build.append(shown)
+            self._channel.write(f"{PROGRESS_PREFIX}{shown}\n".encode())
+
+    def output_chunk(self, stream: int, data: bytes) -> None:
+        (self._err if stream == 2 else self._out).append(data)
+        self._all.append(data)
+        self._channel.write(data)
+
+    @property
+    def build_log(self) -> str:
+        return "\n".join(self._build)
+
+    @property
+    def stdout(self) -> bytes:
+        return b"".join(self._out)
+
+    @property
+    def stderr(self) -> bytes:
+        return b"".join(self._err)
+
+    @property
+    def output(self) -> bytes:
+        return b"".join(self._all)

@@ -1,0 +1,104 @@
+"""The job service: submit, read, follow, cancel and expire jobs."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+
+from app.errors import NotFound, RunnerError
+from app.jobs.executor import JobExecutor
+from app.jobs.outputs import OutputHub
+from app.models import Job, RunSpec, Status
+from app.store import Store
+
+INTERRUPTED = "The service stopped before this job ended; submit it again."
+
+
+class JobService:
+    """What the API does with jobs: records them in the store and hands them to the executor."""
+
+    def __init__(
+        self,
+        store: Store,
+        outputs: OutputHub,
+        executor: JobExecutor,
+        *,
+        retention_s: float,
+        client_max_jobs: int,
+    ) -> None:
+        self._store = store
+        self._outputs = outputs
+        self._executor = executor
+        self._retention_s = retention_s
+        self._client_max_jobs = client_max_jobs
+
+    def submit(self, spec: RunSpec) -> Job:
+        """Record a queued job and hand it to the executor. :raises QueueFull: no room for it."""
+        self.purge_expired()
+        self._store.purge_beyond(spec.client, self._client_max_jobs)  # one client cannot fill the disk
+        job = Job(
+            id=secrets.token_hex(12), client=spec.client, status=Status.QUEUED, limits=spec.limits,
+            entrypoint=spec.entrypoint, created_at=time.time(),
+        )  # fmt: skip
+        self._store.save_job(job)
+        self._outputs.open(job.id)  # live output exists from now until the job's record is final
+        try:
+            self._executor.submit(job.id, spec)
+        except RunnerError:
+            self._outputs.discard(job.id)
+            self._store.delete_job(job.id)
+            raise
+        return job
+
+    def get(self, job_id: str, client: str) -> Job:
+        """The client's job. :raises NotFound: missing, expired or someone else's."""
+        self.purge_expired()
+        job = self._store.get_job(job_id, client)
+        if job is None:
+            raise NotFound(f"No job {job_id!r} for this client.")
+        return job
+
+    def page(self, client: str, limit: int, offset: int) -> tuple[list[Job], int]:
+        """A page of the client's jobs, newest first, and how many there are."""
+        self.purge_expired()
+        return self._store.list_jobs(client, limit, offset), self._store.count_jobs(client)
+
+    def follow_output(self, job: Job) -> Iterator[bytes]:
+        """The job's output: live while it runs, from the store once it is done."""
+        channel = self._outputs.get(job.id)
+        if channel is not None:
+            yield from channel.follow()
+            return
+        stored = self._store.get_job(job.id)  # the record is final before the live channel goes
+        yield (stored or job).output
+
+    def wait_finished(self, job: Job) -> Job:
+        """Block until the job has ended, then return its record."""
+        for _ in self.follow_output(job):
+            pass
+        return self.latest(job)
+
+    def latest(self, job: Job) -> Job:
+        """The job's current record (itself if it was deleted meanwhile)."""
+        return self._store.get_job(job.id) or job
+
+    def cancel_or_delete(self, job: Job) -> bool:
+        """Cancel a live job (True) or delete a finished one (False)."""
+        if not job.status.finished and self._executor.cancel(job.id):
+            return True
+        self._store.delete_job(job.id)
+        return False
+
+    def mark_interrupted(self) -> int:
+        """At start: end the jobs a stop interrupted, with a reason; return how many."""
+        interrupted = self._store.unfinished_jobs()
+        for job in interrupted:
+            job.finish(Status.INTERNAL_ERROR, INTERRUPTED)
+            self._store.save_job(job)
+        return len(interrupted)
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete finished jobs older than the retention time; return how many."""
+        now = time.time() if now is None else now
+        return self._store.purge_finished_before(now - self._retention_s)

@@ -1,0 +1,183 @@
+"""The SQLite store keeps jobs, clients and image use as given, on a temp file: no Docker needed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.models import Job, Limits, Status
+from app.store import Store
+
+LIMITS = Limits(timeout_s=30, memory_mb=256, cpus=1.0)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "runner.sqlite3")
+    yield store
+    store.close()
+
+
+def job(
+    job_id: str,
+    client: str = "acme",
+    status: Status = Status.SUCCEEDED,
+    created_at: float = 1000.0,
+    finished_at: float | None = None,
+) -> Job:
+    """A job; a finished status gets a finish time just after its creation unless given one."""
+    if finished_at is None and status.finished:
+        finished_at = created_at + 1
+    return Job(job_id, client, status, LIMITS, "main.py", created_at=created_at, finished_at=finished_at)
+
+
+def ids(jobs: list[Job]) -> list[str]:
+    return [j.id for j in jobs]
+
+
+def test_a_saved_job_reads_back_field_for_field(store: Store) -> None:
+    saved = Job(
+        id="j1",
+        client="acme",
+        status=Status.OOM_KILLED,
+        limits=Limits(timeout_s=12.5, memory_mb=512, cpus=1.5),
+        entrypoint="main.py",
+        created_at=1000.25,
+        started_at=1001.5,
+        finished_at=1003.75,
+        exit_code=137,
+        stdout=b"not utf-8: \xff\xfe\x00",
+        stderr=b"Killed\n",
+        output=b"\x00\x01out",
+        build_log="Collecting six\n",
+        message="The run used more than 512 MiB.",
+    )
+    store.save_job(saved)
+    got = store.get_job("j1")
+    assert got == saved
+    assert got is not None
+    assert got.status is Status.OOM_KILLED
+    assert type(got.stdout) is bytes and type(got.output) is bytes
+    assert got.limits == Limits(timeout_s=12.5, memory_mb=512, cpus=1.5)
+
+
+def test_saving_a_job_again_replaces_its_record(store: Store) -> None:
+    queued = job("j1", status=Status.QUEUED)
+    store.save_job(queued)
+    queued.finish(Status.FAILED, "exit 1", exit_code=1)
+    store.save_job(queued)
+    got = store.get_job("j1")
+    assert got is not None
+    assert (got.status, got.exit_code, got.message) == (Status.FAILED, 1, "exit 1")
+    assert store.count_jobs("acme") == 1
+
+
+def test_a_job_survives_reopening_the_file(tmp_path: Path) -> None:
+    first = Store(tmp_path / "runner.sqlite3")
+    first.save_job(job("j1"))
+    first.close()
+    again = Store(tmp_path / "runner.sqlite3")
+    try:
+        assert again.get_job("j1") == job("j1")
+    finally:
+        again.close()
+
+
+def test_another_clients_job_is_none_when_asked_as_a_client(store: Store) -> None:
+    store.save_job(job("j1", client="acme"))
+    assert store.get_job("j1", client="other") is None
+    assert store.get_job("j1", client="acme") is not None
+    assert store.get_job("j1") is not None  # the operator's view
+    assert store.get_job("missing") is None
+
+
+def test_list_jobs_is_the_clients_own_newest_first_with_limit_and_offset(store: Store) -> None:
+    for n in range(1, 6):
+        store.save_job(job(f"j{n}", created_at=1000.0 + n))
+    store.save_job(job("theirs", client="other", created_at=2000.0))
+    assert ids(store.list_jobs("acme", limit=2, offset=0)) == ["j5", "j4"]
+    assert ids(store.list_jobs("acme", limit=2, offset=2)) == ["j3", "j2"]
+    assert ids(store.list_jobs("acme", limit=2, offset=4)) == ["j1"]
+    assert store.list_jobs("acme", limit=2, offset=6) == []
+    assert ids(store.list_jobs("other", limit=10, offset=0)) == ["theirs"]
+
+
+def test_count_jobs_counts_only_the_clients_jobs(store: Store) -> None:
+    for n in range(3):
+        store.save_job(job(f"a{n}", client="acme"))
+    store.save_job(job("b0", client="other"))
+    assert store.count_jobs("acme") == 3
+    assert store.count_jobs("other") == 1
+    assert store.count_jobs("nobody") == 0
+    store.delete_job("a0")
+    assert store.count_jobs("acme") == 2
+
+
+def test_purge_finished_before_deletes_only_jobs_that_ended_before_the_cutoff(store: Store) -> None:
+    store.save_job(job("old", finished_at=100.0, created_at=90.0))
+    store.save_job(job("new", finished_at=300.0, created_at=290.0))
+    store.save_job(job("old-running", status=Status.RUNNING, created_at=10.0))
+    store.save_job(job("old-queued", status=Status.QUEUED, created_at=10.0))
+    assert store.purge_finished_before(200.0) == 1
+    assert store.get_job("old") is None
+    assert {j.id for j in store.list_jobs("acme", limit=10, offset=0)} == {"new", "old-running", "old-queued"}
+
+
+def test_purge_beyond_keeps_the_newest_finished_jobs_and_every_unfinished_one(store: Store) -> None:
+    store.save_job(job("oldest-running", status=Status.RUNNING, created_at=1.0))
+    for n in range(2, 6):
+        store.save_job(job(f"j{n}", created_at=float(n)))
+    store.save_job(job("theirs", client="other", created_at=0.5))
+    assert store.purge_beyond("acme", keep=2) == 2
+    assert ids(store.list_jobs("acme", limit=10, offset=0)) == ["j5", "j4", "oldest-running"]
+    assert store.get_job("theirs") is not None
+
+
+def test_unfinished_jobs_are_the_queued_and_running_ones_of_every_client(store: Store) -> None:
+    store.save_job(job("q", status=Status.QUEUED))
+    store.save_job(job("r", client="other", status=Status.RUNNING))
+    for status in (Status.SUCCEEDED, Status.CANCELLED, Status.INTERNAL_ERROR):
+        store.save_job(job(f"done-{status}", status=status))
+    assert sorted(ids(store.unfinished_jobs())) == ["q", "r"]
+
+
+def test_a_client_is_found_by_its_key_hash_until_revoked(store: Store) -> None:
+    store.add_client("acme", "hash-1")
+    found = store.client_by_key_hash("hash-1")
+    assert found is not None
+    assert (found.name, found.key_hash, found.revoked_at) == ("acme", "hash-1", None)
+    assert store.client_by_key_hash("hash-unknown") is None
+    assert store.revoke_client("acme")
+    revoked = store.client_by_key_hash("hash-1")
+    assert revoked is not None and revoked.revoked_at is not None
+    assert not store.revoke_client("acme")  # already revoked
+    assert not store.revoke_client("nobody")
+
+
+def test_adding_a_known_client_gives_it_a_new_key_and_reactivates_it(store: Store) -> None:
+    store.add_client("acme", "hash-1")
+    store.revoke_client("acme")
+    store.add_client("acme", "hash-2")
+    assert store.client_by_key_hash("hash-1") is None
+    again = store.client_by_key_hash("hash-2")
+    assert again is not None and again.revoked_at is None
+    assert [c.name for c in store.list_clients()] == ["acme"]
+
+
+def test_clients_are_listed_by_name(store: Store) -> None:
+    for name in ("zeta", "acme", "mid"):
+        store.add_client(name, f"hash-{name}")
+    assert [c.name for c in store.list_clients()] == ["acme", "mid", "zeta"]
+
+
+def test_image_use_keeps_the_last_time_per_tag_until_forgotten(store: Store) -> None:
+    assert store.image_last_used() == {}
+    store.touch_image("img:1", 10.0)
+    store.touch_image("img:2", 20.0)
+    store.touch_image("img:1", 30.0)
+    assert store.image_last_used() == {"img:1": 30.0, "img:2": 20.0}
+    store.forget_image("img:1")
+    store.forget_image("img:never-seen")
+    assert store.image_last_used() == {"img:2": 20.0}
