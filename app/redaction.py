@@ -6,20 +6,26 @@ import re
 
 # Lines that only say where pip looks or saves (the index URL, host folders): dropped whole.
 _HOST_ONLY = re.compile(r"\s*(Looking in (indexes|links)|Saved |File was already downloaded|User for )")
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)]+")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)]*[^\s'\"<>),.:;]")  # not a closing punctuation
 _PATH = re.compile(r"(?<![\w.~\-/])/[^\s'\"<>(),;:]+")
 _FILE_NAME = re.compile(r"[\w.+-]+\.(whl|tar\.gz|zip)")
 
 
 def _url(match: re.Match[str]) -> str:
-    """A URL becomes its file name when it names one (a wheel), else <url>: never host, path, query or user."""
+    """A URL becomes its file name when it names a package file, else <url>: never host, path, query or user."""
     last = match.group(0).split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     return last if _FILE_NAME.fullmatch(last) else "<url>"
 
 
+def _path(match: re.Match[str]) -> str:
+    """A path becomes its file name when it names a package file, else <path>."""
+    last = match.group(0).rstrip("/").rsplit("/", 1)[-1]
+    return last if _FILE_NAME.fullmatch(last) else "<path>"
+
+
 def redact(text: str) -> str:
-    """`text` with URLs reduced to file names and absolute paths replaced by <path>."""
-    return _PATH.sub("<path>", _URL.sub(_url, text))
+    """`text` with URLs and absolute paths reduced to package file names, or to <url> and <path>."""
+    return _PATH.sub(_path, _URL.sub(_url, text))
 
 
 def client_line(line: str) -> str | None:
