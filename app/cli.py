@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -15,6 +16,7 @@ from app.images.base import BaseImageBuildError, base_image_exists, build_base_i
 from app.sandbox.container import runtime_registered
 from app.server import serve_forever
 from app.services import Services
+from app.store import Store
 
 
 @click.group(invoke_without_command=True)
@@ -87,17 +89,31 @@ def clients() -> None:
 
 @clients.command("create")
 @click.argument("name")
-def clients_create(name: str) -> None:
+@click.option("--reuse-revoked", is_flag=True, help="Give a revoked NAME a new key; it keeps its job history.")
+def clients_create(name: str, reuse_revoked: bool) -> None:
     """Register NAME and print its new API key on the last line."""
+    key = _issue_key(lambda store: client_keys.create_client(store, name, reuse_revoked=reuse_revoked))
+    click.echo(f"client {name} created; its API key (shown once):", err=True)
+    click.echo(key)
+
+
+@clients.command("rotate")
+@click.argument("name")
+def clients_rotate(name: str) -> None:
+    """Give NAME a new API key (printed on the last line); the old key stops working at once."""
+    key = _issue_key(lambda store: client_keys.rotate_client(store, name))
+    click.echo(f"client {name} has a new API key (shown once); the old one no longer works:", err=True)
+    click.echo(key)
+
+
+def _issue_key(issue: Callable[[Store], str]) -> str:
     svc = Services(Settings.from_env())
     try:
-        key = client_keys.create_client(svc.store, name)
+        return issue(svc.store)
     except RunnerError as e:
         raise click.ClickException(e.message) from e
     finally:
         svc.close()
-    click.echo(f"client {name} created; its API key (shown once):", err=True)
-    click.echo(key)
 
 
 @clients.command("list")

@@ -31,13 +31,42 @@ def check_name(name: str) -> str:
     return name
 
 
-def create_client(store: Store, name: str) -> str:
-    """Register `name` (or give a revoked client a new key) and return its new key, shown once."""
+def create_client(store: Store, name: str, *, reuse_revoked: bool = False) -> str:
+    """Register `name` and return its new key, shown once.
+
+    A revoked name keeps its job history, so giving it a key again must be asked for (`reuse_revoked`).
+    :raises ValidationFailed: a bad name, an active client of that name, or a revoked one not to be reused.
+    """
     check_name(name)
-    if any(c.name == name and c.revoked_at is None for c in store.list_clients()):
-        raise ValidationFailed(f"Client {name!r} already has an active key; revoke it first to issue a new one.")
+    existing = _client(store, name)
+    if existing is not None and existing.revoked_at is None:
+        raise ValidationFailed(f"Client {name!r} already has an active key; use `clients rotate {name}` for a new one.")
+    if existing is not None and not reuse_revoked:
+        raise ValidationFailed(
+            f"Client {name!r} was revoked and its job history still belongs to that name: choose another name, "
+            f"or give it a new key with `clients create {name} --reuse-revoked`."
+        )
+    return _new_key(store, name)
+
+
+def rotate_client(store: Store, name: str) -> str:
+    """Give an active client a new key (the old one stops working at once), keeping its history.
+
+    :raises ValidationFailed: no active client of that name.
+    """
+    existing = _client(store, name)
+    if existing is None or existing.revoked_at is not None:
+        raise ValidationFailed(f"No active client {name!r} to rotate; `clients list` shows them.")
+    return _new_key(store, name)
+
+
+def _client(store: Store, name: str) -> ClientRecord | None:
+    return next((c for c in store.list_clients() if c.name == name), None)
+
+
+def _new_key(store: Store, name: str) -> str:
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    store.add_client(name, hash_key(key))
+    store.add_client(name, hash_key(key))  # replaces the stored hash: any older key stops working
     return key
 
 
