@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,8 @@ from app.errors import BuildFailed
 from app.sandbox.container import LABEL
 from app.sandbox.docker_gateway import DOCKER_ERRORS
 from app.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class ImageCache:
@@ -57,8 +60,11 @@ class ImageCache:
                 f"The image with these packages takes {size / 2**20:.0f} MiB, more than the whole image cache "
                 f"of {self._max_bytes / 2**20:.0f} MiB; it was not kept."
             )
-        self._evict(client, self._client_images(client, owner), self._client_max_images, None, keep=tag)
-        self.collect(client)
+        try:  # eviction is housekeeping: a Docker hiccup here must not fail the run that built the image
+            self._evict(client, self._client_images(client, owner), self._client_max_images, None, keep=tag)
+            self.collect(client)
+        except DOCKER_ERRORS:
+            log.warning("image cache: could not evict after building %s", tag, exc_info=True)
 
     def collect(self, client: docker.DockerClient) -> list[str]:
         """Remove least recently used client images until within budget; return the removed tags."""

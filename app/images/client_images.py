@@ -41,9 +41,8 @@ class BuildHooks:
 
 LOG_TAIL_LINES = 40
 BASE_ID_TTL_S = 1.0
-# On the build's own step containers (the legacy builder labels them with the image's labels so far), so that a
-# cancel can kill them. After the COPY steps: clients with the same packages still share the wheels' layers.
-BUILD_LABEL = f"{LABEL}.build"
+# The legacy builder names each RUN step's container: a cancel or a timeout kills it, and the build fails at once.
+STEP_CONTAINER = re.compile(r"\s*---> Running in ([0-9a-f]{12,64})\s*$")
 # Build lines that tell a user nothing: layer ids, cleanup, and the steps that only set labels or the user.
 BUILDER_CHATTER = re.compile(
     r"\s*(--->|Removing intermediate container|Successfully built|Step \d+/\d+ : (LABEL|USER))"
@@ -52,7 +51,6 @@ DEPS_DOCKERFILE = """FROM {base}
 USER root
 COPY requirements.txt /tmp/build/requirements.txt
 COPY wheels/ /tmp/build/wheels/
-LABEL {build_label}={tag}
 RUN python -m pip install --no-index --no-cache-dir --find-links /tmp/build/wheels -r /tmp/build/requirements.txt \\
  && rm -rf /tmp/build
 USER python
@@ -86,10 +84,9 @@ def base_image_id(client: docker.DockerClient, base: str) -> str:
 def base_image_present(client: docker.DockerClient, base: str) -> bool:
     """True when the base image exists in the engine."""
     try:
-        client.api.inspect_image(base)
-    except DOCKER_ERRORS:
+        return inspect_image(client, base) is not None
+    except DockerUnavailable:
         return False
-    return True
 
 
 class ClientImages:
@@ -150,12 +147,7 @@ class ClientImages:
                 download_wheels(
                     client, base_id, request, download, labels=hooks.labels, log=hooks.log, on_cancel=hooks.on_cancel
                 )
-                _write_context(
-                    context,
-                    download,
-                    DEPS_DOCKERFILE.format(base=base_id, build_label=BUILD_LABEL, tag=tag),
-                    requirements,
-                )
+                _write_context(context, download, DEPS_DOCKERFILE.format(base=base_id), requirements)
                 download.unlink()
                 with context.open("rb") as stream:  # streamed to Docker from disk, never held in memory
                     _build(client, tag, stream, labels, self._memory_mb, deadline, hooks)
@@ -200,7 +192,8 @@ def _probe(client: docker.DockerClient, base_id: str, labels: dict[str, str]) ->
 
 def _platforms(client: docker.DockerClient) -> tuple[str, ...]:
     try:
-        return tuple(wheel_platforms(client))
+        with translated(BuildFailed, "Docker could not tell its architecture"):
+            return tuple(wheel_platforms(client))
     except WheelDownloadFailed as e:
         raise BuildFailed(str(e)) from e
 
@@ -243,14 +236,6 @@ def _image_id(client: docker.DockerClient, tag: str) -> str | None:
     return None if image is None else str(image["Id"])
 
 
-def _kill_build_steps(client: docker.DockerClient, tag: str) -> None:
-    """Kill the running step containers of the build of `tag`: the build then fails at once."""
-    with contextlib.suppress(*DOCKER_ERRORS):
-        for container in client.api.containers(filters={"label": [f"{BUILD_LABEL}={tag}"]}):
-            with contextlib.suppress(*DOCKER_ERRORS):
-                client.api.kill(container["Id"])
-
-
 def _build(
     client: docker.DockerClient,
     tag: str,
@@ -261,7 +246,14 @@ def _build(
     hooks: BuildHooks,
 ) -> None:
     lines: list[str] = []
-    hooks.on_cancel(lambda: _kill_build_steps(client, tag))
+    steps: list[str] = []  # container ids of the build's RUN steps, as the builder names them
+
+    def kill_step() -> None:
+        if steps:
+            with contextlib.suppress(*DOCKER_ERRORS):  # already ended or removed
+                client.api.kill(steps[-1])
+
+    hooks.on_cancel(kill_step)
 
     def failed(message: str) -> BuildFailed:
         return BuildFailed(message, details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]})
@@ -273,6 +265,8 @@ def _build(
             timeout=max(deadline - time.monotonic(), 1), decode=True,
         )  # fmt: skip
         for line in build_output(stream):  # leaving the loop closes the stream, which makes Docker cancel the build
+            if step := STEP_CONTAINER.match(line):
+                steps.append(step[1])
             if hooks.cancelled():
                 raise failed("The job was cancelled while its image was building.")
             if time.monotonic() > deadline:
@@ -284,4 +278,8 @@ def _build(
         lines.append(str(e))
         raise failed(f"Building image {tag} failed: {e}") from e
     except DOCKER_ERRORS as e:
+        kill_step()
         raise failed(f"Docker could not build image {tag}: {e}") from e
+    except BuildFailed:
+        kill_step()  # a cancel or the time limit: the step must not run on after we stopped reading
+        raise

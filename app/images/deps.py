@@ -59,8 +59,8 @@ def detect_imports(files: Mapping[str, bytes]) -> set[str]:
             continue
         try:
             tree = ast.parse(source, filename=name)
-        except (SyntaxError, ValueError):
-            continue  # the run will show the script's own SyntaxError
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue  # the run will show the script's own error (absurd nesting included)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 found.update(alias.name.partition(".")[0] for alias in node.names)

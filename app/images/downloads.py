@@ -26,7 +26,7 @@ from app.errors import BuildFailed
 from app.images.wheels import failed_requirement, pip_download_options
 from app.models import LogSink
 from app.sandbox.container import SANDBOX_GID, SANDBOX_UID
-from app.sandbox.docker_gateway import DOCKER_ERRORS, exec_output
+from app.sandbox.docker_gateway import DOCKER_ERRORS, exec_output, translated
 
 DOWNLOAD_DIR = "/wheels"
 CERT_PATH = "/etc/ssl/certs/runner-pip-cert.pem"
@@ -114,7 +114,7 @@ class _DownloadBox:
         self.exit_code: int | None = None
         env, cert = download_environment()
         budget = f"size={request.budget_mb}m"
-        try:
+        with translated(BuildFailed, "Docker could not create the download container"):
             self.container_id: str = self._api.create_container(
                 image,
                 command=["sleep", str(int(max(request.deadline - time.monotonic(), 1)) + 30)],
@@ -141,8 +141,6 @@ class _DownloadBox:
                     log_config={"type": "none", "config": {}},
                 ),
             )["Id"]
-        except DOCKER_ERRORS as e:
-            raise BuildFailed(f"Docker could not create the download container: {e}") from e
         self._lock = threading.Lock()  # a stop comes either before the start (no start) or after it (a kill)
         self._timer = threading.Timer(max(request.deadline - time.monotonic(), 0), self._expire)
         self._timer.daemon = True

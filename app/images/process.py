@@ -46,6 +46,9 @@ def run_streaming(
                 tail.append(line)
                 log(line)
             proc.wait()
+        except BaseException:
+            proc.kill()  # never leave it running (Popen's exit would wait for it)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()

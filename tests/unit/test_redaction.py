@@ -44,3 +44,17 @@ def test_urls_and_paths_become_package_names_or_placeholders(line: str, shown: s
 def test_credentials_and_hosts_never_survive() -> None:
     text = redact("pip failed: https://alice:hunter2@index.corp:8443/simple/pkg/ and /home/svc/.netrc")
     assert "hunter2" not in text and "index.corp" not in text and "/home" not in text
+
+
+def test_the_configured_index_host_and_quoted_hosts_and_ports_never_survive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", "https://devpi.corp.internal:3141/root/pypi/+simple/")
+    monkeypatch.setenv("PIP_TRUSTED_HOST", "mirror.corp.internal:8080")
+    lines = [
+        "HTTPSConnectionPool(host='devpi.corp.internal', port=3141): Max retries exceeded",
+        "The repository located at devpi.corp.internal is not a trusted or secure host",
+        "Credentials not correct for devpi.corp.internal:3141/root/pypi",
+        "WARNING: Retrying after connection broken by mirror.corp.internal",
+    ]
+    for line in lines:
+        shown = client_line(line) or ""
+        assert "corp.internal" not in shown and "3141" not in shown, shown
