@@ -57,7 +57,7 @@ class DockerUnavailable(RunnerError):
 
 
 class BuildFailed(RunnerError):
-    """An image could not be built; `details` holds the failing requirement and the log tail."""
+    """An image could not be built; the message says why (the job's build_log has the tool's own words)."""
 
     status, code = 500, "build_failed"
 

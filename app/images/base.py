@@ -13,6 +13,7 @@ import docker.errors
 
 from app.errors import BaseImageBuildError
 from app.images.build_stream import DockerBuildError, build_output
+from app.images.process import TAIL_LINES
 from app.images.rootfs import host_mirrors, import_rootfs, remove_tree
 from app.images.wheels import WheelDownloadFailed, download_base_wheels, wheel_platforms
 from app.models import LogSink
@@ -21,7 +22,6 @@ from app.sandbox.docker_gateway import DOCKER_ERRORS, inspect_image
 BASE_LABEL = "io.datapane.runner.base"
 DOCKERFILE_DIR = Path(__file__).resolve().parents[2] / "dockerfiles" / "base"
 REGISTRY_BASE = "python:3.11-slim"
-_TAIL_LINES = 30
 
 
 __all__ = ["BASE_LABEL", "BaseImageBuildError", "base_image_exists", "build_base_image"]
@@ -93,7 +93,7 @@ def _docker_build(
 ) -> str:
     """Run the Docker build of `context` as `tag`, streaming its output into `log`; return the image id."""
     log(f"docker build {tag} (BASE={buildargs['BASE']})")
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
     stream = client.api.build(
         path=str(context),
         tag=tag,

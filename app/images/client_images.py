@@ -39,7 +39,6 @@ class BuildHooks:
     cancelled: Callable[[], bool] = lambda: False
 
 
-LOG_TAIL_LINES = 40
 BASE_ID_TTL_S = 1.0
 # The legacy builder names each RUN step's container: a cancel or a timeout kills it, and the build fails at once.
 STEP_CONTAINER = re.compile(r"\s*---> Running in ([0-9a-f]{12,64})\s*$")
@@ -245,7 +244,6 @@ def _build(
     deadline: float,
     hooks: BuildHooks,
 ) -> None:
-    lines: list[str] = []
     steps: list[str] = []  # container ids of the build's RUN steps, as the builder names them
 
     def kill_step() -> None:
@@ -254,9 +252,6 @@ def _build(
                 client.api.kill(steps[-1])
 
     hooks.on_cancel(kill_step)
-
-    def failed(message: str) -> BuildFailed:
-        return BuildFailed(message, details={"requirement": None, "log_tail": lines[-LOG_TAIL_LINES:]})
 
     try:
         stream = client.api.build(
@@ -268,18 +263,16 @@ def _build(
             if step := STEP_CONTAINER.match(line):
                 steps.append(step[1])
             if hooks.cancelled():
-                raise failed("The job was cancelled while its image was building.")
+                raise BuildFailed("The job was cancelled while its image was building.")
             if time.monotonic() > deadline:
-                raise failed("Installing the packages took longer than the build time limit; nothing was built.")
-            lines.append(line)
+                raise BuildFailed("Installing the packages took longer than the build time limit; nothing was built.")
             if not BUILDER_CHATTER.match(line):
                 hooks.log(line)
     except DockerBuildError as e:
-        lines.append(str(e))
-        raise failed(f"Building image {tag} failed: {e}") from e
+        raise BuildFailed(f"Building image {tag} failed: {e}") from e
     except DOCKER_ERRORS as e:
         kill_step()
-        raise failed(f"Docker could not build image {tag}: {e}") from e
+        raise BuildFailed(f"Docker could not build image {tag}: {e}") from e
     except BuildFailed:
         kill_step()  # a cancel or the time limit: the step must not run on after we stopped reading
         raise

@@ -23,6 +23,7 @@ import docker
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from app.errors import BuildFailed
+from app.images.process import TAIL_LINES
 from app.images.wheels import failed_requirement, pip_download_options
 from app.models import LogSink
 from app.sandbox.container import SANDBOX_GID, SANDBOX_UID
@@ -33,7 +34,6 @@ CERT_PATH = "/etc/ssl/certs/runner-pip-cert.pem"
 # pip's settings that name the index and how to talk to it; path-valued ones (PIP_FIND_LINKS, PIP_CONFIG_FILE,
 # PIP_CONSTRAINT) are the host's and are never forwarded, except PIP_CERT, mounted read-only.
 FORWARDED = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES")
-TAIL_LINES = 30
 _NO_SPACE = re.compile(r"No space left on device|Errno 28")
 # Writes the download folder as a tar stream to stdout: the tmpfs is not visible to Docker's archive API.
 _TAR_OUT = (
@@ -159,7 +159,7 @@ class _DownloadBox:
         command = pip_download_command(self._request.requirements, self._request.platforms)
         exec_id = self._api.exec_create(self.container_id, command, user=f"{SANDBOX_UID}:{SANDBOX_GID}")["Id"]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        for line in _lines(data for _stream, data in exec_output(self._api, exec_id)):
+        for line in _lines(exec_output(self._api, exec_id)):
             tail.append(line)
             log(line)
         self.exit_code = self._api.exec_inspect(exec_id).get("ExitCode")
@@ -198,15 +198,16 @@ class _DownloadBox:
             self._api.remove_container(self.container_id, force=True, v=True)
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
+def _lines(frames: Iterable[tuple[int, bytes]]) -> Iterator[str]:
+    """Whole lines of (stream, data) frames, each stream's own (a half line of stdout never meets stderr)."""
+    pending: dict[int, bytes] = {}
+    for stream, data in frames:
+        *complete, pending[stream] = (pending.get(stream, b"") + data).split(b"\n")
         for raw in complete:
             yield raw.decode("utf-8", "replace").rstrip()
-    if pending:
-        yield pending.decode("utf-8", "replace").rstrip()
+    for rest in pending.values():
+        if rest:
+            yield rest.decode("utf-8", "replace").rstrip()
 
 
 def _over_budget(budget_mb: int) -> BuildFailed:
@@ -222,10 +223,7 @@ def _pip_failed(tail: list[str], budget_mb: int) -> BuildFailed:
         return _over_budget(budget_mb)
     requirement = failed_requirement(tail)
     named = f"Could not install {requirement!r}" if requirement else "Could not install the requirements"
-    return BuildFailed(
-        f"{named}: pip found no wheel for it on the package index.",
-        details={"requirement": requirement, "log_tail": tail},
-    )
+    return BuildFailed(f"{named}: pip found no wheel for it on the package index.")
 
 
 def wheel_members(archive: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
