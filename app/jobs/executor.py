@@ -1,14 +1,19 @@
-"""Where jobs run. One interface; today an in-process thread pool, later a distributed queue."""
+"""Where jobs run: one interface; in-process threads here, the distributed queue in app/jobs/queue.py."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from app.errors import QueueFull
+from app.jobs.fair import Head, pick_next
 from app.models import RunSpec
+
+log = logging.getLogger(__name__)
 
 
 class CancelToken:
@@ -58,20 +63,28 @@ class JobExecutor(Protocol):
 
 
 class ThreadJobExecutor:
-    """Runs jobs on `workers` threads, holding at most `queue_size` jobs, `client_limit` per client."""
+    """Runs jobs on `workers` threads, holding at most `queue_size` jobs, `client_limit` per client.
+
+    Waiting jobs are kept in per-client queues and started by the fair rule of app/jobs/fair.py.
+    """
 
     def __init__(self, handler: JobHandler, *, workers: int, queue_size: int, client_limit: int) -> None:
         self._handler = handler
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._queue_size = queue_size
         self._client_limit = client_limit
-        self._lock = threading.Lock()
-        self._jobs: dict[str, tuple[str, CancelToken]] = {}
+        self._cond = threading.Condition()
+        self._jobs: dict[str, tuple[str, CancelToken]] = {}  # queued or running
+        self._waiting: dict[str, deque[tuple[str, RunSpec, CancelToken, float]]] = {}
+        self._running: Counter[str] = Counter()
+        self._last_started: dict[str, float] = {}
         self._started: set[str] = set()
         self._closed = False
+        self._threads = [threading.Thread(target=self._loop, name=f"job-{n}", daemon=True) for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, job_id: str, spec: RunSpec) -> None:
-        with self._lock:
+        with self._cond:
             if self._closed:
                 raise QueueFull("The service is shutting down; try again shortly.", headers={"Retry-After": "5"})
             if len(self._jobs) >= self._queue_size:
@@ -87,20 +100,44 @@ class ThreadJobExecutor:
                 )
             token = CancelToken()
             self._jobs[job_id] = (spec.client, token)
-        self._pool.submit(self._run, job_id, spec, token)
+            self._waiting.setdefault(spec.client, deque()).append((job_id, spec, token, time.monotonic()))
+            self._cond.notify()
 
-    def _run(self, job_id: str, spec: RunSpec, token: CancelToken) -> None:
-        with self._lock:
+    def _next(self) -> tuple[str, RunSpec, CancelToken] | None:
+        """Block until a job waits (then take the fair choice) or the executor is closed and drained."""
+        with self._cond:
+            while not self._waiting and not self._closed:
+                self._cond.wait()
+            heads = [Head(client, q[0][0], q[0][3]) for client, q in self._waiting.items()]
+            head = pick_next(heads, self._running, self._last_started)
+            if head is None:
+                return None
+            queue = self._waiting[head.client]
+            job_id, spec, token, _ = queue.popleft()
+            if not queue:
+                del self._waiting[head.client]
+            self._running[head.client] += 1
+            self._last_started[head.client] = time.monotonic()
             self._started.add(job_id)
-        try:
-            self._handler(job_id, spec, token)
-        finally:
-            with self._lock:
-                self._jobs.pop(job_id, None)
-                self._started.discard(job_id)
+            return job_id, spec, token
+
+    def _loop(self) -> None:
+        while (taken := self._next()) is not None:
+            job_id, spec, token = taken
+            try:
+                self._handler(job_id, spec, token)
+            except Exception:  # the handler records its own failures; never lose the thread
+                log.exception("job %s: the handler failed", job_id)
+            finally:
+                with self._cond:
+                    self._jobs.pop(job_id, None)
+                    self._started.discard(job_id)
+                    self._running[spec.client] -= 1
+                    if not self._running[spec.client]:
+                        del self._running[spec.client]
 
     def cancel(self, job_id: str) -> bool:
-        with self._lock:
+        with self._cond:
             entry = self._jobs.get(job_id)
         if entry is None:
             return False
@@ -108,9 +145,11 @@ class ThreadJobExecutor:
         return True
 
     def shutdown(self, wait: bool) -> None:
-        with self._lock:
+        with self._cond:
             self._closed = True
             doomed = [t for job_id, (_, t) in self._jobs.items() if not wait or job_id not in self._started]
+            self._cond.notify_all()
         for token in doomed:  # queued jobs end at once as cancelled; running ones too unless we wait
             token.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        for thread in self._threads:
+            thread.join()

@@ -10,6 +10,7 @@ import pytest
 
 from app.errors import QueueFull
 from app.jobs.executor import CancelToken, ThreadJobExecutor
+from app.jobs.fair import Head, pick_next
 from app.models import Limits, RunSpec
 from tests.helpers import wait_until
 
@@ -201,3 +202,32 @@ def test_submit_after_shutdown_is_refused() -> None:
         with pytest.raises(QueueFull, match="shutting down") as refused:
             ex.submit("late", spec())
         assert int(refused.value.headers["Retry-After"]) > 0
+
+
+def test_another_clients_job_starts_before_a_backlog_it_queued_behind() -> None:
+    with executor(workers=1) as (ex, gate):
+        for n in range(4):
+            ex.submit(f"a{n}", spec("alice"))
+        ex.submit("b0", spec("bob"))
+        assert gate.wait_started("a0")
+        gate.release("a0")
+        assert gate.wait_started("b0")  # bob's one job goes next, not alice's a1
+        assert not gate.started.get("a1", threading.Event()).is_set()
+        gate.release("b0")
+        assert gate.wait_started("a1")
+
+
+def test_a_client_alone_uses_every_worker() -> None:
+    with executor(workers=3) as (ex, gate):
+        for n in range(3):
+            ex.submit(f"a{n}", spec("alice"))
+        assert all(gate.wait_started(f"a{n}") for n in range(3))
+
+
+def test_the_fair_rule_prefers_fewest_running_then_least_recently_started_then_oldest() -> None:
+    heads = [Head("alice", "a", 1.0), Head("bob", "b", 2.0), Head("carol", "c", 3.0)]
+    assert pick_next([], {}, {}) is None
+    assert pick_next(heads, {}, {}) == heads[0]  # nobody runs anything: the oldest waiting job
+    assert pick_next(heads, {"alice": 1}, {}) == heads[1]  # alice runs one already
+    assert pick_next(heads, {"alice": 1, "bob": 1}, {"bob": 5.0}) == heads[2]
+    assert pick_next(heads[:2], {"alice": 1, "bob": 1}, {"alice": 9.0, "bob": 5.0}) == heads[1]  # turn by turn
