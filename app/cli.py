@@ -14,7 +14,7 @@ from app.config import Settings
 from app.errors import RunnerError
 from app.images.base import BaseImageBuildError, base_image_exists, build_base_image
 from app.sandbox.container import runtime_registered
-from app.server import serve_forever
+from app.server import serve_forever, serve_worker
 from app.services import Services
 from app.store import Store
 
@@ -32,9 +32,25 @@ def cli(ctx: click.Context) -> None:
 def serve() -> None:
     """Build the base image if missing, remove leftovers of a previous run, and serve HTTP."""
     settings = Settings.from_env()
+    if not settings.queue_url:  # an API node of the distributed mode runs nothing, so needs no engine
+        _ensure_base(settings, mode=settings.base_build)
+        _check_runtime(settings)
+    serve_forever(settings)
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Run what is queued, then exit (for tests and batch jobs).")
+def worker(burst: bool) -> None:
+    """Run queued jobs on this host's Docker engine (needs RUNNER_QUEUE_URL and RUNNER_DATABASE_URL)."""
+    settings = Settings.from_env()
+    if not (settings.queue_url and settings.database_url):
+        raise click.ClickException("a worker needs RUNNER_QUEUE_URL and RUNNER_DATABASE_URL (see the README)")
     _ensure_base(settings, mode=settings.base_build)
     _check_runtime(settings)
-    serve_forever(settings)
+    try:
+        serve_worker(settings, burst=burst)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @cli.command("build-base")

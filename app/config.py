@@ -21,6 +21,12 @@ class Settings:
     host: str = _setting("HOST", "127.0.0.1", "Address the HTTP server binds to.")
     port: int = _setting("PORT", 5000, "Port the HTTP server listens on.")
     data_dir: Path = _setting("RUNNER_DATA_DIR", Path("./data"), "Where the job database lives.")
+    database_url: str = _setting(
+        "RUNNER_DATABASE_URL", "", "PostgreSQL URL of a shared job store; empty means SQLite in RUNNER_DATA_DIR."
+    )
+    queue_url: str = _setting(
+        "RUNNER_QUEUE_URL", "", "Redis URL of a shared queue (API nodes + workers); empty means run jobs in-process."
+    )
     docker_url: str = _setting(
         "RUNNER_DOCKER_URL", "", "Docker engine URL; empty means DOCKER_HOST or the local socket."
     )
@@ -70,6 +76,12 @@ class Settings:
     image_cache_mb: int = _setting(
         "RUNNER_IMAGE_CACHE_MB", 10240, "Disk budget of client images above the base, in MiB; LRU beyond it."
     )
+
+    def __post_init__(self) -> None:
+        if self.queue_url and not self.database_url:
+            raise ValueError(
+                "RUNNER_QUEUE_URL needs RUNNER_DATABASE_URL: API nodes and workers must share one job store"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

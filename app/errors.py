@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.exceptions
+import sqlalchemy.exc
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
@@ -56,6 +58,14 @@ class DockerUnavailable(RunnerError):
     status, code = 503, "docker_unavailable"
 
 
+class QueueUnavailable(RunnerError):
+    status, code = 503, "queue_unavailable"
+
+
+class StoreUnavailable(RunnerError):
+    status, code = 503, "store_unavailable"
+
+
 class BuildFailed(RunnerError):
     """An image could not be built; the message says why (the job's build_log has the tool's own words)."""
 
@@ -76,6 +86,8 @@ class SandboxError(RunnerError):
 
     status, code = 500, "sandbox_error"
 
+
+OUTAGE = "The service's {} is not reachable at the moment; try again shortly."
 
 # Werkzeug's own errors get the same codes as ours for the same status.
 HTTP_CODES = {cls.status: cls.code for cls in (PayloadTooLarge, UnsupportedMediaType, NotFound, ValidationFailed)}
@@ -101,6 +113,18 @@ def register_error_handlers(app: Flask) -> None:
         code = HTTP_CODES.get(e.code or 500, (e.name or "error").lower().replace(" ", "_"))
         headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
         return jsonify(error_body(code, e.description or e.name)), e.code or 500, headers
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def _queue_down(e: Exception) -> ResponseReturnValue:
+        app.logger.warning("Redis is not reachable: %s", e)
+        return _runner_error(QueueUnavailable(OUTAGE.format("job queue"), headers={"Retry-After": "5"}))
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    def _store_down(e: Exception) -> ResponseReturnValue:
+        app.logger.warning("the job store is not reachable: %s", e)
+        return _runner_error(StoreUnavailable(OUTAGE.format("job store"), headers={"Retry-After": "5"}))
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> ResponseReturnValue:

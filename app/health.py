@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from app.errors import RunnerError
 from app.images.client_images import base_image_present
+from app.jobs.watchdog import live_workers
 from app.sandbox.container import runtime_registered
 from app.sandbox.docker_gateway import DockerGateway
+from app.store import Store
 
 
 def check_health(docker: DockerGateway, *, base_image: str, runtime: str) -> dict[str, Any]:
@@ -37,3 +42,34 @@ def _runtime_ok(docker: DockerGateway, runtime: str) -> bool:
         return runtime_registered(docker.client, runtime)
     except RunnerError:
         return False
+
+
+def check_api_node_health(conn: redis.Redis, store: Store) -> dict[str, Any]:
+    """The health of an API node of the distributed mode: Redis and the store answer, and some worker is alive."""
+    queue_ok = _answers(conn.ping)
+    database_ok = _answers(store.ping)
+    workers = live_workers(conn) if queue_ok else 0
+    problems = [
+        *([] if queue_ok else ["the job queue (Redis) does not answer"]),
+        *([] if database_ok else ["the job store does not answer"]),
+        *([] if workers or not queue_ok else ["no worker is running (jobs wait in the queue until one starts)"]),
+    ]
+    ready = queue_ok and database_ok
+    message = "Ready to accept scripts." if ready else "Not ready: " + "; ".join(problems) + "."
+    if ready and not workers:
+        message = "Accepting scripts, but " + problems[0] + "."
+    return {
+        "status": "ok" if ready else "unavailable",
+        "message": message,
+        "queue": queue_ok,
+        "database": database_ok,
+        "workers": workers,
+    }
+
+
+def _answers(probe: Callable[[], object]) -> bool:
+    try:
+        probe()
+    except Exception:
+        return False
+    return True

@@ -98,6 +98,7 @@ class Job:
     output: bytes = b""
     build_log: str = ""
     message: str = ""
+    worker: str | None = None  # the instance name of the process that ran it
 
     def finish(self, status: Status, message: str, exit_code: int | None = None) -> None:
         """Mark the job ended."""

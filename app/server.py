@@ -1,8 +1,10 @@
-"""The production server: gunicorn, one process with threads (jobs and live output live in it)."""
+"""The production processes: the HTTP server (gunicorn, one process with threads) and the queue worker."""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from flask import Flask
@@ -10,7 +12,9 @@ from gunicorn.app.base import BaseApplication
 
 from app import create_app
 from app.config import Settings
-from app.services import EXTENSION
+from app.jobs.watchdog import claim_instance, release_instance
+from app.jobs.worker import WorkerContext, listen_for_cancels, start_loops, stop_on_signals
+from app.services import EXTENSION, Services
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,37 @@ def _worker_exit(server: Any, worker: Any) -> None:  # gunicorn calls it with it
     app = getattr(worker, "wsgi", None)
     if app is not None and EXTENSION in getattr(app, "extensions", {}):
         app.extensions[EXTENSION].close(wait=True)
+
+
+def serve_worker(settings: Settings, *, burst: bool = False) -> None:
+    """Take jobs from the queue and run them on this host's engine until stopped (or, with `burst`, drained)."""
+    svc = Services(settings)
+    try:
+        claim_instance(svc.redis, settings.instance)
+        lost = svc.end_own_running_jobs()
+        removed = svc.prepare_host()
+        log.info("worker %s: removed %d leftover containers, ended %d lost jobs", settings.instance, removed, lost)
+        ctx = WorkerContext(svc.store, svc.runner, settings.instance)
+        svc.start_watchdog(heartbeat_instance=settings.instance)
+        stop = threading.Event()
+        cancels = listen_for_cancels(ctx, svc.redis, stop)
+        loops = start_loops(ctx, svc.redis, settings.workers, burst=burst)
+        stop_on_signals(loops)
+        broken = False
+        while any(thread.is_alive() for _, thread in loops):
+            if not burst and not broken and not all(thread.is_alive() for _, thread in loops):
+                broken = True  # running with fewer loops than asked would hide the fault: stop, let it restart
+                log.error("worker %s: a queue loop ended unexpectedly; stopping the worker", settings.instance)
+                for worker, _ in loops:
+                    worker.stop_after_current_job()
+            time.sleep(0.5)
+        stop.set()
+        cancels.join(timeout=5)
+        release_instance(svc.redis, settings.instance)
+        if broken:
+            raise RuntimeError("a queue loop of this worker ended unexpectedly; see the log above")
+    finally:
+        svc.close(wait=True)
 
 
 def serve_forever(settings: Settings) -> None:

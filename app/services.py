@@ -6,24 +6,35 @@ receives this object but the edges (routes, CLI, server).
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager
 from functools import cached_property
+from typing import Any
 
+import redis
 from flask import current_app
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from app.config import Settings
 from app.images.cache import ImageCache
 from app.images.client_images import ClientImages
 from app.jobs.executor import JobExecutor, ThreadJobExecutor
-from app.jobs.outputs import OutputHub
+from app.jobs.outputs import OutputBus, OutputHub
+from app.jobs.queue import RqJobExecutor
 from app.jobs.runner import JobRunner
 from app.jobs.service import JobService
+from app.jobs.streams import RedisOutputs
+from app.jobs.watchdog import Heartbeat, Watchdog, lost_worker_message, start_watchdog
+from app.models import Status
 from app.sandbox.container import SandboxPolicy, remove_leftovers
 from app.sandbox.docker_gateway import DockerGateway
 from app.sandbox.limits import resolve_limits
 from app.sandbox.pool import PoolSettings, WarmPool
-from app.store import Store
+from app.store import Store, database_url
 
 EXTENSION = "runner"
+OUTPUT_TTL_S = 3600  # a job's live output stream outlives its last entry by this long (the record keeps it all)
 
 
 class Services:
@@ -32,7 +43,6 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.docker = DockerGateway(settings.docker_url, pool_size=settings.threads + 2 * settings.workers + 4)
-        self.outputs = OutputHub()
         self.policy = SandboxPolicy(
             pids_limit=settings.pids_limit,
             tmpfs_mb=settings.tmpfs_mb,
@@ -40,16 +50,50 @@ class Services:
             instance=settings.instance,
             runtime=settings.runtime,
         )
-        self.client_images = ClientImages(
-            base=settings.base_image,
-            build_memory_mb=settings.build_memory_mb,
-            build_timeout_s=settings.build_timeout_s,
-            download_mb=settings.max_download_mb,
+        self._stop = threading.Event()
+
+    @property
+    def distributed(self) -> bool:
+        """Jobs go through Redis to workers (RUNNER_QUEUE_URL); else they run in this process."""
+        return bool(self.settings.queue_url)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        # XREAD blocks for a second at a time: the socket timeout must be longer.
+        # Two quick retries, then the caller answers 503: an outage is reported at once, not after a long backoff.
+        return redis.Redis.from_url(
+            self.settings.queue_url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        )  # fmt: skip
+
+    @cached_property
+    def outputs(self) -> OutputBus:
+        if self.distributed:
+            return RedisOutputs(self.redis, ttl_s=OUTPUT_TTL_S)
+        return OutputHub()
+
+    @cached_property
+    def client_images(self) -> ClientImages:
+        s = self.settings
+        return ClientImages(
+            base=s.base_image,
+            build_memory_mb=s.build_memory_mb,
+            build_timeout_s=s.build_timeout_s,
+            download_mb=s.max_download_mb,
+            host_lock=self._host_build_lock if self.distributed else None,
         )
+
+    def _host_build_lock(self, tag: str) -> AbstractContextManager[Any]:
+        """One build of a tag at a time on this Docker host, whichever worker process asks (a Redis lock)."""
+        timeout = self.settings.build_timeout_s + 120  # expires if its holder dies
+        lock: AbstractContextManager[Any] = self.redis.lock(
+            f"runner:build:{self.docker.engine_id}:{tag}", timeout=timeout, sleep=0.2
+        )
+        return lock
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.settings.data_dir / "runner.sqlite3")
+        return Store(database_url(self.settings.database_url, self.settings.data_dir))
 
     @cached_property
     def jobs(self) -> JobService:
@@ -69,6 +113,7 @@ class Services:
         s = self.settings
         return ImageCache(
             self.store,
+            lambda: self.docker.engine_id,
             prefix=s.image_prefix,
             max_images=s.image_cache_size,
             max_mb=s.image_cache_mb,
@@ -91,24 +136,61 @@ class Services:
     @cached_property
     def executor(self) -> JobExecutor:
         s = self.settings
+        if self.distributed:
+            return self.queue_executor
         return ThreadJobExecutor(
             self.runner.execute, workers=s.workers, queue_size=s.queue_size, client_limit=s.client_queue_limit
         )
+
+    @cached_property
+    def queue_executor(self) -> RqJobExecutor:
+        s = self.settings
+        assert isinstance(self.outputs, RedisOutputs)
+        # RQ's own timeout is a backstop: the runner stops builds and runs at their own limits first.
+        rq_timeout = int(s.max_timeout_s + s.build_timeout_s + 120)
+        return RqJobExecutor(
+            self.redis, self.store, self.outputs,
+            queue_size=s.queue_size, client_limit=s.client_queue_limit, rq_timeout_s=rq_timeout,
+        )  # fmt: skip
+
+    def start_watchdog(self, heartbeat_instance: str | None = None) -> None:
+        """Distributed mode: end the jobs of lost workers and re-queue what Redis lost (and beat, in a worker)."""
+        assert isinstance(self.outputs, RedisOutputs)
+        heartbeat = Heartbeat(self.redis, heartbeat_instance) if heartbeat_instance else None
+        if heartbeat is not None:
+            heartbeat.beat()
+        dog = Watchdog(self.redis, self.store, self.outputs, self.queue_executor.enqueue, self.queue_executor.places)
+        start_watchdog(dog, self._stop, heartbeat)
 
     def recover(self) -> tuple[int, int]:
         """Recover at start; return (containers removed, jobs ended).
 
         Removes this instance's leftover containers, ends the jobs a stop interrupted, expires old ones and warms
-        the pool of the base image.
+        the pool of the base image. An API node of the distributed mode runs nothing: it only expires old jobs
+        and watches the workers.
         """
+        if self.distributed:
+            self.jobs.purge_expired()
+            self.start_watchdog()
+            return 0, 0
+        return self.prepare_host(), self.jobs.mark_interrupted()
+
+    def end_own_running_jobs(self) -> int:
+        """A worker starting under its name: the jobs the store says it runs were lost with its previous life."""
+        lost = self.store.unfinished_jobs(worker=self.settings.instance)
+        message = lost_worker_message(self.settings.instance)
+        return sum(self.store.end_unfinished(j.id, Status.INTERNAL_ERROR, message) for j in lost)
+
+    def prepare_host(self) -> int:
+        """Remove this instance's leftover containers, expire old jobs and warm the base image's pool."""
         removed = remove_leftovers(self.docker.client, self.settings.instance)
-        interrupted = self.jobs.mark_interrupted()
         self.jobs.purge_expired()
         self.pool.warm(self.client_images.base_id(self.docker.client))  # the image of every run without packages
-        return removed, interrupted
+        return removed
 
     def close(self, wait: bool = False) -> None:
         """Stop the executor (cancelling or finishing jobs), then release Docker and the store."""
+        self._stop.set()
         if "executor" in self.__dict__:
             self.executor.shutdown(wait=wait)
         if "pool" in self.__dict__:
@@ -116,6 +198,8 @@ class Services:
         self.docker.close()
         if "store" in self.__dict__:
             self.store.close()
+        if "redis" in self.__dict__:
+            self.redis.close()
 
 
 def services() -> Services:

@@ -1,36 +1,84 @@
-"""The embedded job and client store (SQLite under RUNNER_DATA_DIR)."""
+"""The job and client store: SQLite under RUNNER_DATA_DIR by default, PostgreSQL when RUNNER_DATABASE_URL is set.
+
+One implementation serves both through SQLAlchemy Core. The schema is versioned in a `schema_version` table and
+migrated forward by the service at start (see MIGRATIONS).
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import sqlite3
-import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.models import Job, Limits, Status
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, client TEXT NOT NULL, status TEXT NOT NULL, limits TEXT NOT NULL,
-    entrypoint TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
-    exit_code INTEGER, stdout BLOB NOT NULL, stderr BLOB NOT NULL, output BLOB NOT NULL,
-    build_log TEXT NOT NULL, message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_client ON jobs (client, created_at DESC);
-CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
-CREATE TABLE IF NOT EXISTS images (tag TEXT PRIMARY KEY, last_used REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS clients (
-    name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, revoked_at REAL
-);
-"""
-JOB_COLUMNS = (
-    "id, client, status, limits, entrypoint, created_at, started_at, finished_at,"
-    " exit_code, stdout, stderr, output, build_log, message"
+from app.models import Job, Limits, RunSpec, Status
+
+metadata = sa.MetaData()
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("client", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("limits", sa.Text, nullable=False),
+    sa.Column("entrypoint", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("stdout", sa.LargeBinary, nullable=False),
+    sa.Column("stderr", sa.LargeBinary, nullable=False),
+    sa.Column("output", sa.LargeBinary, nullable=False),
+    sa.Column("build_log", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("worker", sa.Text),
+    sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
+    sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
+    sa.Index("jobs_by_finish", "finished_at"),
+    sa.Index("jobs_by_status", "status"),
 )
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("engine", sa.Text, primary_key=True),  # the Docker engine's ID: each host has its own images
+    sa.Column("tag", sa.Text, primary_key=True),
+    sa.Column("last_used", sa.Float, nullable=False),
+)
+clients = sa.Table(
+    "clients",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+JOB_FIELDS = [c.name for c in jobs.columns if c.name != "spec"]
+UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
+
+
+def _v1_from_unversioned(conn: Connection) -> None:
+    """The embedded store before versioning: add the job's worker and spec; images gain their engine."""
+    names = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+    for column in ("worker", "spec"):
+        if column not in names:
+            conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {column} TEXT"))
+    conn.execute(sa.text("DROP TABLE IF EXISTS images"))  # last-used times only: rebuilt as images are used
+    metadata.create_all(conn, tables=[images, jobs])  # and the new index
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned]
+"""MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
+VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -41,165 +89,290 @@ class ClientRecord:
     revoked_at: float | None
 
 
-class Store:
-    """Jobs and clients; safe to share between threads."""
+def database_url(url: str, data_dir: Path) -> str | Path:
+    """What Store opens: RUNNER_DATABASE_URL with psycopg 3 as PostgreSQL's driver, else the SQLite file."""
+    if not url:
+        return data_dir / "runner.sqlite3"
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)  # jobs hold clients' code and output: the service's user only
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        path.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a crash of the service
-            self._db.executescript(SCHEMA)
+
+class Store:
+    """Jobs, clients and image use times; safe to share between threads and between processes."""
+
+    def __init__(self, target: str | Path) -> None:
+        if isinstance(target, Path):
+            self._engine = _sqlite_engine(target)
+        else:
+            self._engine = sa.create_engine(target, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self._insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        with self._engine.begin() as conn:
+            _migrate(conn)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._engine.dispose()
 
-    def _exec(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def ping(self) -> None:
+        """Raises when the database does not answer."""
+        self._rows(sa.select(sa.literal(1)))
 
     # jobs
-    def save_job(self, job: Job) -> None:
-        """Insert or replace the whole job record."""
-        self._exec(
-            f"INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                job.id,
-                job.client,
-                job.status.value,
-                json.dumps(job.limits.__dict__),
-                job.entrypoint,
-                job.created_at,
-                job.started_at,
-                job.finished_at,
-                job.exit_code,
-                job.stdout,
-                job.stderr,
-                job.output,
-                job.build_log,
-                job.message,
-            ),
-        )
+    def save_job(self, job: Job, spec: RunSpec | None = None) -> None:
+        """Insert or replace the whole job record (and its spec, when given; a finished job drops it)."""
+        values = _job_values(job)
+        values["spec"] = _dump_spec(spec) if spec is not None and not job.status.finished else None
+        update = {k: v for k, v in values.items() if k != "id" and (k != "spec" or job.status.finished)}
+        stmt = self._insert(jobs).values(values).on_conflict_do_update(index_elements=["id"], set_=update)
+        self._run(stmt)
 
     def get_job(self, job_id: str, client: str | None = None) -> Job | None:
         """The job, or None when missing or (with `client`) owned by someone else."""
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
-        args: tuple[str, ...] = (job_id,)
+        query = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.id == job_id)
         if client is not None:
-            sql, args = sql + " AND client = ?", (job_id, client)
-        rows = self._exec(sql, args)
+            query = query.where(jobs.c.client == client)
+        rows = self._rows(query)
         return _job(rows[0]) if rows else None
+
+    def get_spec(self, job_id: str) -> RunSpec | None:
+        """The spec of an unfinished job (None once it has ended, or when missing)."""
+        rows = self._rows(sa.select(jobs.c.spec).where(jobs.c.id == job_id))
+        return _load_spec(rows[0][0]) if rows and rows[0][0] else None
 
     def list_jobs(self, client: str, limit: int, offset: int) -> list[Job]:
         """The client's jobs, newest first."""
-        rows = self._exec(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE client = ? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
-            (client, limit, offset),
+        query = (
+            sa.select(*[jobs.c[f] for f in JOB_FIELDS])
+            .where(jobs.c.client == client)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id)
+            .limit(limit)
+            .offset(offset)
         )
-        return [_job(r) for r in rows]
+        return [_job(r) for r in self._rows(query)]
 
     def count_jobs(self, client: str) -> int:
-        return int(self._exec("SELECT COUNT(*) FROM jobs WHERE client = ?", (client,))[0][0])
+        return self._count(jobs.c.client == client)
+
+    def count_unfinished(self, client: str | None = None) -> int:
+        """Jobs queued or running, of everyone or of one client."""
+        where = jobs.c.status.in_(UNFINISHED)
+        return self._count(where if client is None else sa.and_(where, jobs.c.client == client))
 
     def delete_job(self, job_id: str) -> None:
-        self._exec("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._run(sa.delete(jobs).where(jobs.c.id == job_id))
 
-    def unfinished_jobs(self) -> list[Job]:
-        """Jobs that are queued or running according to the store."""
-        rows = self._exec(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN (?, ?)", (Status.QUEUED.value, Status.RUNNING.value)
+    def unfinished_jobs(self, worker: str | None = None) -> list[Job]:
+        """Jobs that are queued or running according to the store (running on `worker`, if given)."""
+        query = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.status.in_(UNFINISHED))
+        if worker is not None:
+            query = query.where(jobs.c.worker == worker)
+        return [_job(r) for r in self._rows(query)]
+
+    def queue_view(self) -> tuple[list[tuple[str, float]], dict[str, int], dict[str, float]]:
+        """What the fair choice (app/jobs/fair.py) needs to know.
+
+        Each waiting client's oldest queued time, each client's count of running jobs, and when each waiting
+        client last had a job started.
+        """
+        with self._engine.connect() as conn:
+            waiting = [
+                (str(c), float(t))
+                for c, t in conn.execute(
+                    sa.select(jobs.c.client, sa.func.min(jobs.c.created_at))
+                    .where(jobs.c.status == Status.QUEUED.value)
+                    .group_by(jobs.c.client)
+                )
+            ]
+            if not waiting:
+                return [], {}, {}
+            running = conn.execute(
+                sa.select(jobs.c.client, sa.func.count())
+                .where(jobs.c.status == Status.RUNNING.value)
+                .group_by(jobs.c.client)
+            )
+            started = conn.execute(
+                sa.select(jobs.c.client, sa.func.max(jobs.c.started_at))
+                .where(jobs.c.client.in_([c for c, _ in waiting]), jobs.c.started_at.is_not(None))
+                .group_by(jobs.c.client)
+            )
+            return waiting, {str(c): int(n) for c, n in running}, {str(c): float(t) for c, t in started}
+
+    def oldest_queued(self, client: str) -> str | None:
+        """The id of the client's longest-waiting queued job."""
+        query = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.client == client, jobs.c.status == Status.QUEUED.value)
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(1)
         )
-        return [_job(r) for r in rows]
+        rows = self._rows(query)
+        return str(rows[0][0]) if rows else None
+
+    def claim_job(self, job_id: str, worker: str, now: float) -> bool:
+        """Move a queued job to running on `worker`; False when it is no longer queued (cancelled, taken)."""
+        stmt = (
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.value)
+            .values(status=Status.RUNNING.value, worker=worker, started_at=now)
+        )
+        return self._run(stmt) > 0
+
+    def end_unfinished(self, job_id: str, status: Status, message: str, *, only: Status | None = None) -> bool:
+        """End a job that is still queued or running (only in state `only`, if given); False when it was not."""
+        states = UNFINISHED if only is None else (only.value,)
+        stmt = (
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_(states))
+            .values(status=status.value, message=message, finished_at=time.time(), spec=None)
+        )
+        return self._run(stmt) > 0
 
     def purge_finished_before(self, cutoff: float) -> int:
         """Delete finished jobs that ended before `cutoff`; return how many."""
-        with self._lock:
-            cur = self._db.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,))
-            return cur.rowcount
+        return self._run(sa.delete(jobs).where(jobs.c.finished_at.is_not(None), jobs.c.finished_at < cutoff))
 
     def purge_beyond(self, client: str, keep: int) -> int:
         """Delete the client's finished jobs beyond its `keep` newest; return how many."""
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM jobs WHERE client = ? AND finished_at IS NOT NULL AND id NOT IN"
-                " (SELECT id FROM jobs WHERE client = ? ORDER BY created_at DESC LIMIT ?)",
-                (client, client, keep),
-            )
-            return cur.rowcount
+        newest = (
+            sa.select(jobs.c.id).where(jobs.c.client == client).order_by(jobs.c.created_at.desc()).limit(keep)
+        ).scalar_subquery()
+        stmt = sa.delete(jobs).where(jobs.c.client == client, jobs.c.finished_at.is_not(None), jobs.c.id.not_in(newest))
+        return self._run(stmt)
 
-    # client images
-    def touch_image(self, tag: str, when: float) -> None:
-        self._exec("INSERT OR REPLACE INTO images (tag, last_used) VALUES (?, ?)", (tag, when))
+    # client images, per Docker engine
+    def touch_image(self, engine: str, tag: str, when: float) -> None:
+        stmt = self._insert(images).values(engine=engine, tag=tag, last_used=when)
+        self._run(stmt.on_conflict_do_update(index_elements=["engine", "tag"], set_={"last_used": when}))
 
-    def image_last_used(self) -> dict[str, float]:
-        return dict(self._exec("SELECT tag, last_used FROM images"))
+    def image_last_used(self, engine: str) -> dict[str, float]:
+        return dict(self._rows(sa.select(images.c.tag, images.c.last_used).where(images.c.engine == engine)))
 
-    def forget_image(self, tag: str) -> None:
-        self._exec("DELETE FROM images WHERE tag = ?", (tag,))
+    def forget_image(self, engine: str, tag: str) -> None:
+        self._run(sa.delete(images).where(images.c.engine == engine, images.c.tag == tag))
 
     # clients
     def add_client(self, name: str, key_hash: str) -> None:
         """Register a client, or give a revoked or existing one a new key."""
-        self._exec(
-            "INSERT INTO clients (name, key_hash, created_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET key_hash = excluded.key_hash, revoked_at = NULL",
-            (name, key_hash, time.time()),
-        )
+        stmt = self._insert(clients).values(name=name, key_hash=key_hash, created_at=time.time())
+        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"key_hash": key_hash, "revoked_at": None})
+        self._run(stmt)
 
     def client_by_key_hash(self, key_hash: str) -> ClientRecord | None:
-        rows = self._exec("SELECT name, key_hash, created_at, revoked_at FROM clients WHERE key_hash = ?", (key_hash,))
+        rows = self._rows(sa.select(clients).where(clients.c.key_hash == key_hash))
         return ClientRecord(*rows[0]) if rows else None
 
     def list_clients(self) -> list[ClientRecord]:
-        rows = self._exec("SELECT name, key_hash, created_at, revoked_at FROM clients ORDER BY name")
-        return [ClientRecord(*r) for r in rows]
+        return [ClientRecord(*r) for r in self._rows(sa.select(clients).order_by(clients.c.name))]
 
     def revoke_client(self, name: str) -> bool:
         """Revoke the client's key; False when there is no such active client."""
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE clients SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (time.time(), name)
-            )
-            return cur.rowcount > 0
+        stmt = (
+            sa.update(clients)
+            .where(clients.c.name == name, clients.c.revoked_at.is_(None))
+            .values(revoked_at=time.time())
+        )
+        return self._run(stmt) > 0
+
+    # plumbing
+    def _rows(self, query: sa.Select[Any]) -> list[tuple[Any, ...]]:
+        with self._engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(query)]
+
+    def _count(self, where: sa.ColumnElement[bool]) -> int:
+        return int(self._rows(sa.select(sa.func.count()).select_from(jobs).where(where))[0][0])
+
+    def _run(self, stmt: sa.Executable) -> int:
+        with self._engine.begin() as conn:
+            return int(getattr(conn.execute(stmt), "rowcount", 0) or 0)
 
 
-def _job(row: tuple[Any, ...]) -> Job:
-    (
-        id_,
-        client,
-        status,
-        limits,
-        entrypoint,
-        created,
-        started,
-        finished,
-        code,
-        out,
-        err,
-        output,
-        build_log,
-        message,
-    ) = row
-    lim = json.loads(limits)
-    return Job(
-        id=id_,
-        client=client,
-        status=Status(status),
-        limits=Limits(**lim),
-        entrypoint=entrypoint,
-        created_at=created,
-        started_at=started,
-        finished_at=finished,
-        exit_code=code,
-        stdout=bytes(out),
-        stderr=bytes(err),
-        output=bytes(output),
-        build_log=build_log,
-        message=message,
+def _sqlite_engine(path: Path) -> Engine:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)  # jobs hold clients' code and output: the service's user only
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    path.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a crash of the service
+        cur.close()
+
+    return engine
+
+
+def _migrate(conn: Connection) -> None:
+    """Create the schema at the latest version, or bring an older one forward."""
+    if conn.dialect.name == "postgresql":  # several nodes may start at once: one migrates, the others wait
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(726501)"))
+    tables = set(sa.inspect(conn).get_table_names())
+    if "schema_version" in tables:
+        version = int(conn.execute(sa.select(schema_version.c.version)).scalar_one())
+    elif "jobs" in tables:
+        version = 0  # the embedded store as it was before versioning
+        schema_version.create(conn)
+        conn.execute(sa.insert(schema_version).values(version=0))
+    else:
+        metadata.create_all(conn)
+        conn.execute(sa.insert(schema_version).values(version=VERSION))
+        return
+    if version > VERSION:
+        raise RuntimeError(f"the database's schema is version {version}; this service knows up to {VERSION}")
+    for step in MIGRATIONS[version:]:
+        step(conn)
+    conn.execute(sa.update(schema_version).values(version=VERSION))
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "client": job.client,
+        "status": job.status.value,
+        "limits": json.dumps(job.limits.__dict__),
+        "entrypoint": job.entrypoint,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "exit_code": job.exit_code,
+        "stdout": job.stdout,
+        "stderr": job.stderr,
+        "output": job.output,
+        "build_log": job.build_log,
+        "message": job.message,
+        "worker": job.worker,
+    }
+
+
+def _job(row: Iterable[Any]) -> Job:
+    values = dict(zip(JOB_FIELDS, row, strict=True))
+    values["status"] = Status(values["status"])
+    values["limits"] = Limits(**json.loads(values["limits"]))
+    for blob in ("stdout", "stderr", "output"):
+        values[blob] = bytes(values[blob])
+    return Job(**values)
+
+
+def _dump_spec(spec: RunSpec) -> str:
+    return json.dumps(
+        {
+            "client": spec.client,
+            "files": {name: base64.b64encode(data).decode() for name, data in spec.files.items()},
+            "entrypoint": spec.entrypoint,
+            "limits": spec.limits.__dict__,
+            "requirements": list(spec.requirements) if spec.requirements is not None else None,
+        }
+    )
+
+
+def _load_spec(text: str) -> RunSpec:
+    raw = json.loads(text)
+    return RunSpec(
+        client=raw["client"],
+        files={name: base64.b64decode(data) for name, data in raw["files"].items()},
+        entrypoint=raw["entrypoint"],
+        limits=Limits(**raw["limits"]),
+        requirements=tuple(raw["requirements"]) if raw["requirements"] is not None else None,
     )

@@ -15,8 +15,10 @@ from app.config import Settings
 
 from . import machine, scenarios
 from .client import ServiceClient
+from .distributed import distributed
 from .floor import Floor
 from .index import bench_index
+from .measure import throughput
 from .report import Report, render_markdown, render_text
 from .service import Service
 
@@ -30,6 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--levels", default="1,2,4,8", help="concurrency levels of the throughput test")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--no-distributed", action="store_true", help="skip the API node -> Redis -> worker scenario")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
     return p.parse_args(argv)
 
@@ -84,6 +87,12 @@ def run(args: argparse.Namespace) -> Report:
             scenarios.cached_deps(bench, report, pkg_index)
             scenarios.throughputs(bench, report)
             scenarios.peak_rss(bench, report)
+            if not args.no_distributed:
+                distributed(
+                    report, client, samples=samples, warmups=warmups, duration_s=duration_s,
+                    env={"PIP_INDEX_URL": pkg_index.url},
+                    throughput=lambda task, threads, seconds: throughput(task, threads, seconds).per_s,
+                )  # fmt: skip
             report.config["floor_image"] = image
         except Exception:
             print(f"service log tail:\n{service.log_tail()}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import docker
 import docker.errors
@@ -13,9 +14,12 @@ from flask import Flask
 
 from app import create_app
 from app.config import Settings
-from app.sandbox.container import LABEL
 from app.services import EXTENSION, Services
-from tests.helpers import BASE_IMAGE, IN_CI, TEST_IMAGE_PREFIX, Api, leftovers
+from tests.backing import PostgresServer, RedisServer, has_backing_binaries
+from tests.cluster import SECOND_ENGINE
+from tests.helpers import BASE_IMAGE, IN_CI, TEST_IMAGE_PREFIX, Api, leftovers, remove_test_images
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +36,47 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+def _backing(kind: type[T]) -> Iterator[T]:
+    """A real server of `kind`; skipped when not installed, except under CI=true where that fails."""
+    if not has_backing_binaries():
+        if IN_CI:
+            pytest.fail(
+                "CI=true but redis-server or PostgreSQL is not installed (apt-get install redis-server postgresql)"
+            )
+        pytest.skip("redis-server or PostgreSQL is not installed")
+    server = kind()
+    yield server
+    server.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on loopback for the whole session; each user makes its own database."""
+    yield from _backing(PostgresServer)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private password-protected Redis on loopback for the whole session."""
+    yield from _backing(RedisServer)
+
+
+@pytest.fixture(scope="session")
+def second_engine(base_image: str) -> Iterator[docker.DockerClient]:
+    """The second Docker engine `.ci/second-engine` starts (a second host's stand-in), with the base image."""
+    try:
+        client = docker.DockerClient(base_url=SECOND_ENGINE)
+        client.ping()
+        client.api.inspect_image(base_image)
+    except docker.errors.DockerException as e:
+        if IN_CI:
+            pytest.fail(f"CI=true but the second Docker engine ({SECOND_ENGINE}) is not ready: {e}")
+        pytest.skip(f"no second Docker engine with the base image (run .ci/second-engine): {e}")
+    yield client
+    remove_test_images(client)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def base_image(docker_client: docker.DockerClient) -> Iterator[str]:
     """The base image, built (offline if no registry answers) when missing."""
@@ -40,10 +85,7 @@ def base_image(docker_client: docker.DockerClient) -> Iterator[str]:
     if not base_image_exists(docker_client, BASE_IMAGE):
         build_base_image(docker_client, BASE_IMAGE, offline=True, log=lambda _line: None)
     yield BASE_IMAGE
-    for image in docker_client.api.images(filters={"label": f"{LABEL}.client"}):
-        for tag in image.get("RepoTags") or []:
-            if tag.startswith(f"{TEST_IMAGE_PREFIX}-"):
-                docker_client.api.remove_image(tag, force=True)
+    remove_test_images(docker_client)
 
 
 @pytest.fixture

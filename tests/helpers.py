@@ -107,3 +107,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def remove_test_images(client: docker.DockerClient) -> None:
+    """Remove the client images the tests made on this engine."""
+    for image in client.api.images(filters={"label": f"{LABEL}.client"}):
+        for tag in image.get("RepoTags") or []:
+            if tag.startswith(f"{TEST_IMAGE_PREFIX}-"):
+                client.api.remove_image(tag, force=True)

@@ -6,7 +6,7 @@ from flask import Response, current_app, jsonify
 
 from app.api.openapi import build_spec
 from app.api.schemas import HealthSchema
-from app.health import check_health
+from app.health import check_api_node_health, check_health
 from app.services import services
 
 
@@ -15,14 +15,18 @@ def healthz() -> tuple[Response, int]:
 
     ---
     get:
-      summary: 200 when Docker answers, the base image exists and the runtime is registered, else 503
+      summary: 200 when Docker answers, the base image exists and the runtime is registered (an API node of the
+        distributed mode - Redis and the shared store answer), else 503
       security: []
       responses:
         200: {description: OK, content: {application/json: {schema: HealthSchema}}}
         503: {description: Unavailable, content: {application/json: {schema: HealthSchema}}}
     """
     svc = services()
-    body = check_health(svc.docker, base_image=svc.settings.base_image, runtime=svc.settings.runtime)
+    if svc.distributed:
+        body = check_api_node_health(svc.redis, svc.store)
+    else:
+        body = check_health(svc.docker, base_image=svc.settings.base_image, runtime=svc.settings.runtime)
     return jsonify(HealthSchema().dump(body)), 200 if body["status"] == "ok" else 503
 
 

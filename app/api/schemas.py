@@ -91,6 +91,9 @@ class JobSchema(Schema):
     created_at = fields.Float()
     finished_at = fields.Float(allow_none=True)
     build_log = fields.String()
+    worker = fields.String(
+        allow_none=True, metadata={"description": "Instance name (RUNNER_INSTANCE) of the process that ran the job."}
+    )
 
 
 job_schema = JobSchema()
@@ -104,6 +107,9 @@ class HealthSchema(Schema):
     base_image_present = fields.Boolean()
     runtime = fields.String(metadata={"description": "OCI runtime of run containers (RUNNER_RUNTIME)."})
     runtime_available = fields.Boolean()
+    queue = fields.Boolean(metadata={"description": "Distributed mode: Redis answers."})
+    database = fields.Boolean(metadata={"description": "Distributed mode: the shared store answers."})
+    workers = fields.Integer(metadata={"description": "Distributed mode: worker processes with a live heartbeat."})
 
 
 class AcceptedSchema(Schema):

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import docker
@@ -22,8 +22,18 @@ log = logging.getLogger(__name__)
 class ImageCache:
     """Knows which client images are in use and when each was last used; evicts beyond a count or disk budget."""
 
-    def __init__(self, store: Store, *, prefix: str, max_images: int, max_mb: int, client_max_images: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: Callable[[], str],
+        *,
+        prefix: str,
+        max_images: int,
+        max_mb: int,
+        client_max_images: int,
+    ) -> None:
         self._store = store
+        self._engine = engine  # the engine's ID: images are per Docker host, the store may be shared
         self._prefix = prefix
         self._max_images = max_images
         self._max_bytes = max_mb * 2**20
@@ -37,7 +47,7 @@ class ImageCache:
         with self._lock:
             self._in_use[tag] += 1
         try:
-            self._store.touch_image(tag, time.time())
+            self._store.touch_image(self._engine(), tag, time.time())
             yield
         finally:
             with self._lock:
@@ -79,7 +89,7 @@ class ImageCache:
         keep: str | None = None,
     ) -> list[str]:
         """Remove the least recently used of `images` (never `keep` or one in use) until within the bounds."""
-        last_used = self._store.image_last_used()
+        last_used = self._store.image_last_used(self._engine())
         images.sort(key=lambda item: last_used.get(item[0], 0.0))
         count, total = len(images), sum(size for _, size in images)
         removed: list[str] = []
@@ -97,7 +107,7 @@ class ImageCache:
             client.api.remove_image(tag)
         except DOCKER_ERRORS:
             return False  # in use by a container we did not see, or already gone
-        self._store.forget_image(tag)
+        self._store.forget_image(self._engine(), tag)
         return True
 
     def _client_images(self, client: docker.DockerClient, owner: str | None = None) -> list[tuple[str, int]]:

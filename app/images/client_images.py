@@ -12,9 +12,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
@@ -91,8 +92,17 @@ def base_image_present(client: docker.DockerClient, base: str) -> bool:
 class ClientImages:
     """Builds client images, one build per tag at a time, and knows what the base image provides."""
 
-    def __init__(self, *, base: str, build_memory_mb: int, build_timeout_s: float, download_mb: int) -> None:
+    def __init__(
+        self,
+        *,
+        base: str,
+        build_memory_mb: int,
+        build_timeout_s: float,
+        download_mb: int,
+        host_lock: Callable[[str], AbstractContextManager[Any]] | None = None,
+    ) -> None:
         self._base = base
+        self._host_lock = host_lock or (lambda _tag: nullcontext())  # other processes building on this engine
         self._memory_mb = build_memory_mb
         self._timeout_s = build_timeout_s
         self._download_mb = download_mb
@@ -134,26 +144,38 @@ class ClientImages:
                     _tag(client, base_id, tag)
                     self._tagged[tag] = base_id
                 return base_id, False
-            current = _current(client, tag, base_id)
-            if current is not None:
-                return current, False
-            labels = {LABEL: "1", f"{LABEL}.client": client_name, f"{LABEL}.base-id": base_id}
-            hooks.log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse it)")
-            deadline = time.monotonic() + self._timeout_s
-            with tempfile.TemporaryDirectory(prefix="datapane-build-") as tmp:
-                download, context = Path(tmp) / "download.tar", Path(tmp) / "context.tar"
-                request = DownloadRequest(requirements, _platforms(client), self._download_mb, deadline)
-                download_wheels(
-                    client, base_id, request, download, labels=hooks.labels, log=hooks.log, on_cancel=hooks.on_cancel
-                )
-                _write_context(context, download, DEPS_DOCKERFILE.format(base=base_id), requirements)
-                download.unlink()
-                with context.open("rb") as stream:  # streamed to Docker from disk, never held in memory
-                    _build(client, tag, stream, labels, self._memory_mb, deadline, hooks)
-            built = _image_id(client, tag)
-            if built is None:
-                raise BuildFailed(f"Docker built image {tag} but does not show it.")
-            return built, True
+            with self._host_lock(tag):
+                return self._build_unless_current(client, tag, base_id, client_name, requirements, hooks)
+
+    def _build_unless_current(
+        self,
+        client: docker.DockerClient,
+        tag: str,
+        base_id: str,
+        client_name: str,
+        requirements: tuple[str, ...],
+        hooks: BuildHooks,
+    ) -> tuple[str, bool]:
+        current = _current(client, tag, base_id)
+        if current is not None:
+            return current, False
+        labels = {LABEL: "1", f"{LABEL}.client": client_name, f"{LABEL}.base-id": base_id}
+        hooks.log(f"installing {', '.join(requirements)} (first run with these packages; later runs reuse it)")
+        deadline = time.monotonic() + self._timeout_s
+        with tempfile.TemporaryDirectory(prefix="datapane-build-") as tmp:
+            download, context = Path(tmp) / "download.tar", Path(tmp) / "context.tar"
+            request = DownloadRequest(requirements, _platforms(client), self._download_mb, deadline)
+            download_wheels(
+                client, base_id, request, download, labels=hooks.labels, log=hooks.log, on_cancel=hooks.on_cancel
+            )
+            _write_context(context, download, DEPS_DOCKERFILE.format(base=base_id), requirements)
+            download.unlink()
+            with context.open("rb") as stream:  # streamed to Docker from disk, never held in memory
+                _build(client, tag, stream, labels, self._memory_mb, deadline, hooks)
+        built = _image_id(client, tag)
+        if built is None:
+            raise BuildFailed(f"Docker built image {tag} but does not show it.")
+        return built, True
 
     def base_id(self, client: docker.DockerClient) -> str:
         """The base image's id, asked of Docker at most once a second (it is on every run's path)."""

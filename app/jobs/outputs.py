@@ -1,9 +1,36 @@
-"""Live output of running jobs, for followers of a stream."""
+"""Live output of running jobs for followers: in this process, or in Redis Streams (app/jobs/streams.py)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+
+class OutputWriter(Protocol):
+    """Where the runner writes one job's live output."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None:
+        """The job's record is final: followers stop after what was written."""
+
+
+class OutputBus(Protocol):
+    """Live output channels by job id."""
+
+    def open(self, job_id: str) -> OutputWriter:
+        """The job's channel, created if new (at submit, so followers can attach before it starts)."""
+
+    def discard(self, job_id: str) -> None:
+        """Forget the job's channel (its record is final, or it was never queued)."""
+
+    def follow(self, job_id: str, stored: Callable[[], bytes | None]) -> Iterator[bytes]:
+        """Every chunk from the start, then new ones, until the job's record is final.
+
+        `stored` returns the final record's output once the job has ended (None while it has not): what a
+        follower gets when the live channel is gone.
+        """
 
 
 class OutputChannel:
@@ -40,7 +67,7 @@ class OutputChannel:
 
 
 class OutputHub:
-    """The channels of this process's live jobs."""
+    """The channels of this process's live jobs (the embedded mode)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -50,10 +77,14 @@ class OutputHub:
         with self._lock:
             return self._channels.setdefault(job_id, OutputChannel())
 
-    def get(self, job_id: str) -> OutputChannel | None:
-        with self._lock:
-            return self._channels.get(job_id)
-
     def discard(self, job_id: str) -> None:
         with self._lock:
             self._channels.pop(job_id, None)
+
+    def follow(self, job_id: str, stored: Callable[[], bytes | None]) -> Iterator[bytes]:
+        with self._lock:
+            channel = self._channels.get(job_id)
+        if channel is not None:
+            yield from channel.follow()
+            return
+        yield stored() or b""  # the record is final before the live channel goes

@@ -11,7 +11,7 @@ from app.images.cache import ImageCache
 from app.images.client_images import BuildHooks, ClientImages, client_image_tag
 from app.images.deps import MAX_REQUIREMENTS, canonical_set, distributions_for, third_party_imports
 from app.jobs.executor import CancelToken
-from app.jobs.outputs import OutputChannel, OutputHub
+from app.jobs.outputs import OutputBus, OutputWriter
 from app.models import Job, RunOutcome, RunSpec, Status
 from app.redaction import client_line, redact
 from app.sandbox.container import LABEL, Run, SandboxPolicy, container_labels
@@ -21,6 +21,7 @@ from app.store import Store
 
 log = logging.getLogger(__name__)
 PROGRESS_PREFIX = "[runner] "
+RECORD_RETRY_S = 300.0  # how long a finished job waits for the store to answer before its result is given up
 
 
 class JobRunner:
@@ -30,7 +31,7 @@ class JobRunner:
         self,
         *,
         store: Store,
-        outputs: OutputHub,
+        outputs: OutputBus,
         docker: DockerGateway,
         client_images: ClientImages,
         image_cache: ImageCache,
@@ -68,7 +69,7 @@ class JobRunner:
                     "The job was cancelled before it started (by its owner, or because the service stopped).",
                 )
                 return
-            job.status = Status.RUNNING
+            job.status, job.worker = Status.RUNNING, self._policy.instance
             self._store.save_job(job)
             outcome = self._build_and_run(job, spec, token, progress, cleanup)
             job.finished_at = time.time()
@@ -86,11 +87,22 @@ class JobRunner:
         finally:
             job.stdout, job.stderr, job.output = progress.stdout, progress.stderr, progress.output
             job.build_log = progress.build_log
+            self._record(job)
+
+    def _record(self, job: Job) -> None:
+        """Save the final record, retrying while the store does not answer (a database restart)."""
+        deadline = time.monotonic() + RECORD_RETRY_S
+        while True:
             try:
                 if self._store.get_job(job.id) is not None:  # not deleted meanwhile
                     self._store.save_job(job)
+                return
             except Exception:
-                log.exception("could not record the result of job %s", job.id)
+                if time.monotonic() > deadline:
+                    log.exception("could not record the result of job %s; giving up", job.id)
+                    return
+                log.warning("could not record the result of job %s yet; retrying", job.id, exc_info=True)
+                time.sleep(1)
 
     def _build_and_run(
         self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack
@@ -156,7 +168,7 @@ class _Progress:
     script's stdout and stderr, kept apart and interleaved.
     """
 
-    def __init__(self, channel: OutputChannel, job_id: str) -> None:
+    def __init__(self, channel: OutputWriter, job_id: str) -> None:
         self._channel = channel
         self._job_id = job_id
         self._build: list[str] = []

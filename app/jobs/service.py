@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from app.errors import NotFound, RunnerError
 from app.jobs.executor import JobExecutor
-from app.jobs.outputs import OutputHub
+from app.jobs.outputs import OutputBus
 from app.models import Job, RunSpec, Status
 from app.store import Store
 
@@ -21,7 +21,7 @@ class JobService:
     def __init__(
         self,
         store: Store,
-        outputs: OutputHub,
+        outputs: OutputBus,
         executor: JobExecutor,
         *,
         retention_s: float,
@@ -41,7 +41,7 @@ class JobService:
             id=secrets.token_hex(12), client=spec.client, status=Status.QUEUED, limits=spec.limits,
             entrypoint=spec.entrypoint, created_at=time.time(),
         )  # fmt: skip
-        self._store.save_job(job)
+        self._store.save_job(job, spec)  # a worker elsewhere reads the spec from the store
         self._outputs.open(job.id)  # live output exists from now until the job's record is final
         try:
             self._executor.submit(job.id, spec)
@@ -66,12 +66,14 @@ class JobService:
 
     def follow_output(self, job: Job) -> Iterator[bytes]:
         """The job's output: live while it runs, from the store once it is done."""
-        channel = self._outputs.get(job.id)
-        if channel is not None:
-            yield from channel.follow()
-            return
-        stored = self._store.get_job(job.id)  # the record is final before the live channel goes
-        yield (stored or job).output
+        yield from self._outputs.follow(job.id, lambda: self._final_output(job))
+
+    def _final_output(self, job: Job) -> bytes | None:
+        """The output of the job's final record; None while it is unfinished."""
+        stored = self._store.get_job(job.id)
+        if stored is None:
+            return job.output  # deleted meanwhile
+        return stored.output if stored.status.finished else None
 
     def wait_finished(self, job: Job) -> Job:
         """Block until the job has ended, then return its record."""

@@ -71,6 +71,7 @@ class DockerGateway:
         self._base_url = base_url
         self._pool_size = pool_size
         self._client: docker.DockerClient | None = None
+        self._engine_id: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -86,6 +87,14 @@ class DockerGateway:
                 # No proxy or netrc lookups (files read on every call): the engine is local or explicitly named.
                 self._client.api.trust_env = False
             return self._client
+
+    @property
+    def engine_id(self) -> str:
+        """The engine's own ID: what tells one Docker host's images from another's in a shared store."""
+        if self._engine_id is None:
+            with translated(DockerUnavailable, "The Docker engine is not reachable"):
+                self._engine_id = str(self.client.info()["ID"])
+        return self._engine_id
 
     def ping(self) -> bool:
         """True when the engine answers."""

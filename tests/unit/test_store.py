@@ -1,21 +1,25 @@
-"""The SQLite store keeps jobs, clients and image use as given, on a temp file: no Docker needed."""
+"""The store keeps jobs, clients and image use as given: on a temp SQLite file and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from app.models import Job, Limits, Status
-from app.store import Store
+from app.models import Job, Limits, RunSpec, Status
+from app.store import Store, database_url
 
 LIMITS = Limits(timeout_s=30, memory_mb=256, cpus=1.0)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "runner.sqlite3")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "sqlite":
+        store = Store(tmp_path / "runner.sqlite3")
+    else:
+        store = Store(database_url(request.getfixturevalue("postgres").new_database(), tmp_path))
     yield store
     store.close()
 
@@ -173,11 +177,120 @@ def test_clients_are_listed_by_name(store: Store) -> None:
 
 
 def test_image_use_keeps_the_last_time_per_tag_until_forgotten(store: Store) -> None:
-    assert store.image_last_used() == {}
-    store.touch_image("img:1", 10.0)
-    store.touch_image("img:2", 20.0)
-    store.touch_image("img:1", 30.0)
-    assert store.image_last_used() == {"img:1": 30.0, "img:2": 20.0}
-    store.forget_image("img:1")
-    store.forget_image("img:never-seen")
-    assert store.image_last_used() == {"img:2": 20.0}
+    assert store.image_last_used("e1") == {}
+    store.touch_image("e1", "img:1", 10.0)
+    store.touch_image("e1", "img:2", 20.0)
+    store.touch_image("e1", "img:1", 30.0)
+    store.touch_image("e2", "img:1", 5.0)  # another Docker host's image of the same tag
+    assert store.image_last_used("e1") == {"img:1": 30.0, "img:2": 20.0}
+    store.forget_image("e1", "img:1")
+    store.forget_image("e1", "img:never-seen")
+    assert store.image_last_used("e1") == {"img:2": 20.0}
+    assert store.image_last_used("e2") == {"img:1": 5.0}
+
+
+SPEC = RunSpec(
+    client="acme",
+    files={"main.py": b"print(1)\n", "data.bin": b"\xff\x00"},
+    entrypoint="main.py",
+    limits=LIMITS,
+    requirements=("six==1.16.0",),
+)
+
+
+def test_an_unfinished_jobs_spec_reads_back_and_is_dropped_when_it_ends(store: Store) -> None:
+    queued = job("j1", status=Status.QUEUED)
+    store.save_job(queued, SPEC)
+    assert store.get_spec("j1") == SPEC
+    queued.status = Status.RUNNING
+    store.save_job(queued)  # saving without a spec keeps it while the job is unfinished
+    assert store.get_spec("j1") == SPEC
+    queued.finish(Status.SUCCEEDED, "done", exit_code=0)
+    store.save_job(queued)
+    assert store.get_spec("j1") is None
+
+
+def test_a_queued_job_is_claimed_once_and_records_its_worker(store: Store) -> None:
+    store.save_job(job("j1", status=Status.QUEUED), SPEC)
+    assert store.claim_job("j1", "worker-a", now=1234.0)
+    assert not store.claim_job("j1", "worker-b", now=1235.0)
+    got = store.get_job("j1")
+    assert got is not None
+    assert (got.status, got.worker, got.started_at) == (Status.RUNNING, "worker-a", 1234.0)
+    assert [j.id for j in store.unfinished_jobs(worker="worker-a")] == ["j1"]
+    assert store.unfinished_jobs(worker="worker-b") == []
+
+
+def test_end_unfinished_ends_only_a_job_still_in_the_named_state(store: Store) -> None:
+    store.save_job(job("queued", status=Status.QUEUED), SPEC)
+    store.save_job(job("done"))
+    assert not store.end_unfinished("queued", Status.INTERNAL_ERROR, "lost", only=Status.RUNNING)
+    assert store.end_unfinished("queued", Status.CANCELLED, "cancelled", only=Status.QUEUED)
+    assert not store.end_unfinished("done", Status.INTERNAL_ERROR, "lost")
+    got = store.get_job("queued")
+    assert got is not None
+    assert (got.status, got.message) == (Status.CANCELLED, "cancelled")
+    assert got.finished_at is not None
+    assert store.get_spec("queued") is None
+
+
+def test_count_unfinished_counts_queued_and_running_in_total_and_per_client(store: Store) -> None:
+    store.save_job(job("q", status=Status.QUEUED))
+    store.save_job(job("r", status=Status.RUNNING, client="other"))
+    store.save_job(job("done"))
+    assert (store.count_unfinished(), store.count_unfinished("acme"), store.count_unfinished("nobody")) == (2, 1, 0)
+
+
+def test_an_unversioned_sqlite_store_is_migrated_keeping_its_jobs_and_clients(tmp_path: Path) -> None:
+    path = tmp_path / "runner.sqlite3"
+    with sqlite3.connect(path) as old:  # the schema as the embedded store created it before versioning
+        old.executescript(
+            """
+            CREATE TABLE jobs (
+                id TEXT PRIMARY KEY, client TEXT NOT NULL, status TEXT NOT NULL, limits TEXT NOT NULL,
+                entrypoint TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+                exit_code INTEGER, stdout BLOB NOT NULL, stderr BLOB NOT NULL, output BLOB NOT NULL,
+                build_log TEXT NOT NULL, message TEXT NOT NULL);
+            CREATE TABLE images (tag TEXT PRIMARY KEY, last_used REAL NOT NULL);
+            CREATE TABLE clients (
+                name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, revoked_at REAL);
+            INSERT INTO jobs VALUES ('j1', 'acme', 'succeeded', '{"timeout_s": 30, "memory_mb": 256, "cpus": 1.0}',
+                'main.py', 1000.0, 1000.5, 1001.0, 0, x'6869', x'', x'6869', '', 'ok');
+            INSERT INTO images VALUES ('img:1', 5.0);
+            INSERT INTO clients VALUES ('acme', 'hash', 1.0, NULL);
+            """
+        )
+    old.close()
+    store = Store(path)
+    try:
+        got = store.get_job("j1")
+        assert got is not None
+        assert (got.status, got.stdout, got.worker) == (Status.SUCCEEDED, b"hi", None)
+        assert [c.name for c in store.list_clients()] == ["acme"]
+        store.touch_image("e1", "img:2", 6.0)
+        assert store.image_last_used("e1") == {"img:2": 6.0}
+    finally:
+        store.close()
+    again = Store(path)  # opening a current store changes nothing
+    try:
+        assert again.get_job("j1") == got
+    finally:
+        again.close()
+
+
+def test_the_queue_view_shows_each_waiting_clients_oldest_job_running_counts_and_last_start(store: Store) -> None:
+    assert store.queue_view() == ([], {}, {})
+    store.save_job(job("a1", client="alice", status=Status.QUEUED, created_at=10.0))
+    store.save_job(job("a2", client="alice", status=Status.QUEUED, created_at=5.0))
+    store.save_job(job("b1", client="bob", status=Status.QUEUED, created_at=7.0))
+    running = job("a0", client="alice", status=Status.RUNNING, created_at=1.0)
+    running.started_at = 3.0
+    store.save_job(running)
+    waiting, counts, last_started = store.queue_view()
+    assert sorted(waiting) == [("alice", 5.0), ("bob", 7.0)]
+    assert (counts, last_started) == ({"alice": 1}, {"alice": 3.0})
+    assert (store.oldest_queued("alice"), store.oldest_queued("bob"), store.oldest_queued("carol")) == (
+        "a2",
+        "b1",
+        None,
+    )

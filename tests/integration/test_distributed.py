@@ -1,0 +1,309 @@
+"""The distributed mode with its real parts: two API nodes and workers on two Docker engines, one Redis (with a
+password) and one PostgreSQL, all started as an operator would (`python run.py`, `python run.py worker`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from app.sandbox.container import LABEL
+from tests.backing import PostgresServer, RedisServer
+from tests.cluster import SECOND_ENGINE, Client, Cluster, Proc
+from tests.helpers import wait_until
+from tests.package_index import serve_index
+
+SLEEPER = "import time\nprint('first', flush=True)\ntime.sleep({s})\nprint('last')"
+PACKAGES = [("greetpkg", "1.0", "greetpkg", "VERSION = '1.0'\n")]
+
+
+def _running(engine: docker.DockerClient, job_id: str) -> list[dict]:
+    return list(engine.api.containers(filters={"label": [f"{LABEL}.job={job_id}"], "status": "running"}))
+
+
+def _instance_containers(engine: docker.DockerClient, instance: str) -> list[dict]:
+    return list(engine.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]}))
+
+
+@pytest.fixture(scope="module")
+def index_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve_index(tmp_path_factory.mktemp("index"), PACKAGES) as url:
+        yield url
+
+
+def _make_cluster(tmp: Path, postgres: PostgresServer, redis_server: RedisServer, **settings: str) -> Cluster:
+    return Cluster(tmp, postgres.new_database(), redis_server.url, settings=settings)
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresServer,
+    own_redis: RedisServer,
+    docker_client: docker.DockerClient,
+    second_engine: docker.DockerClient,
+    index_url: str,
+) -> Iterator[Cluster]:
+    """Nodes `a` and `b`; worker `w1` on the first engine, `w2` on the second, two runs at a time each."""
+    c = _make_cluster(
+        tmp_path_factory.mktemp("cluster"), postgres, own_redis,
+        RUNNER_WORKERS="2", RUNNER_POOL_SIZE="1", RUNNER_CLIENT_QUEUE_LIMIT="6", PIP_INDEX_URL=index_url,
+    )  # fmt: skip
+    a, b = c.api_node("a"), c.api_node("b")
+    c.worker("w1")
+    c.worker("w2", SECOND_ENGINE)
+    c.wait_for_workers(2, a)
+    c.nodes = (a, b)
+    yield c
+    c.close()
+    for engine, name in ((docker_client, "w1"), (second_engine, "w2")):
+        instance = c.instance(name)
+        assert wait_until(lambda: not _instance_containers(engine, instance), timeout=30), c.logs()  # noqa: B023
+
+
+@pytest.fixture(scope="module")
+def alice(cluster: Cluster) -> Client:
+    return Client(cluster.key("alice"))
+
+
+def test_jobs_spread_over_both_engines_and_record_their_worker(cluster: Cluster, alice: Client) -> None:
+    a, _ = cluster.nodes
+    ids = [alice.submit(a, SLEEPER.format(s=1.5)) for _ in range(6)]
+    jobs = [alice.wait(a, job_id) for job_id in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * 6
+    assert [j["stdout"] for j in jobs] == ["first\nlast\n"] * 6
+    assert {j["worker"] for j in jobs} == {cluster.instance("w1"), cluster.instance("w2")}
+
+
+def test_a_sync_run_on_one_node_streams_its_first_line_while_the_job_runs(cluster: Cluster, alice: Client) -> None:
+    _, b = cluster.nodes
+    body = {"script_name": "main.py", "code": SLEEPER.format(s=2)}
+    started = time.monotonic()
+    with requests.post(f"{b.url}/run-json", json=body, headers=alice.headers, stream=True, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines) == b"first"
+        first_at = time.monotonic() - started
+        assert list(lines) == [b"last"]
+    assert first_at < time.monotonic() - started - 1.5
+
+
+def test_a_job_submitted_on_one_node_is_followed_and_cancelled_on_another(
+    cluster: Cluster, alice: Client, docker_client: docker.DockerClient, second_engine: docker.DockerClient
+) -> None:
+    a, b = cluster.nodes
+    job_id = alice.submit(a, SLEEPER.format(s=120), memory_mb=300)  # not the pool's limits: its own container
+    lines = alice.follow(b, job_id)
+    assert next(lines) == b"first"
+    assert alice.status(b, job_id)["status"] == "running"
+    assert _running(docker_client, job_id) or _running(second_engine, job_id)
+    cancelled_at = time.monotonic()
+    r = requests.delete(f"{b.url}/jobs/{job_id}", headers=alice.headers, timeout=10)
+    assert r.json()["result"] == "cancelled"
+    assert wait_until(lambda: not (_running(docker_client, job_id) or _running(second_engine, job_id)), timeout=10)
+    assert time.monotonic() - cancelled_at < 2
+    assert list(lines) == []  # the follower's stream ends with the job
+    job = alice.wait(a, job_id)
+    assert (job["status"], job["stdout"]) == ("cancelled", "first\n")
+
+
+def test_a_queued_job_cancelled_on_another_node_never_runs(cluster: Cluster) -> None:
+    a, b = cluster.nodes
+    bob = Client(cluster.key("bob"))
+    busy = [bob.submit(a, SLEEPER.format(s=4)) for _ in range(4)]  # both workers' slots
+    queued = bob.submit(a, "print('never')")
+    assert bob.status(b, queued)["status"] == "queued"
+    assert requests.delete(f"{b.url}/jobs/{queued}", headers=bob.headers, timeout=10).json()["result"] == "cancelled"
+    for job_id in busy:
+        bob.wait(a, job_id)
+    job = bob.status(a, queued)
+    assert (job["status"], job["stdout"], job["worker"]) == ("cancelled", "", None)
+
+
+def test_every_status_is_reported_in_the_distributed_mode(cluster: Cluster, alice: Client) -> None:
+    _, b = cluster.nodes
+    cases: dict[str, tuple[str, dict[str, object]]] = {
+        "succeeded": ("print('ok')", {}),
+        "failed": ("raise SystemExit(3)", {}),
+        "timed_out": ("while True: pass", {"timeout": 1}),
+        "oom_killed": ("x = bytearray(400 * 2**20)", {"memory_mb": 128}),
+        "output_truncated": ("while True: print('x' * 1000)", {}),
+        "build_failed": ("print('never')", {"requirements": ["nosuchpkgxyz"]}),
+    }
+    for expected, (code, fields) in cases.items():
+        r = alice.run(b, code, **fields)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == expected, (expected, r.json())
+
+
+def test_packages_install_on_each_host_once_per_dependency_set(cluster: Cluster) -> None:
+    a, b = cluster.nodes
+    carol = Client(cluster.key("carol"))
+    code = "import greetpkg, time\ntime.sleep(1)\nprint(greetpkg.VERSION)"
+    ids = [carol.submit(a if n % 2 else b, code) for n in range(6)]
+    jobs = [carol.wait(a, job_id) for job_id in ids]
+    assert [(j["status"], j["stdout"]) for j in jobs] == [("succeeded", "1.0\n")] * 6
+    builds: dict[str, int] = {}
+    for j in jobs:
+        builds[j["worker"]] = builds.get(j["worker"], 0) + ("installing" in j["build_log"])
+    assert set(builds.values()) <= {1}, builds  # each host built the image once, the others reused it
+
+
+def test_limits_hold_across_api_nodes(cluster: Cluster) -> None:
+    a, b = cluster.nodes
+    dave = Client(cluster.key("dave"))
+    ids = [dave.submit(a if n % 2 else b, SLEEPER.format(s=3)) for n in range(6)]  # the per-client limit: 6
+    r = requests.post(
+        f"{b.url}/run-json", json={"script_name": "main.py", "code": "print(1)"}, headers=dave.headers, timeout=10
+    )
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "queue_full"
+    for job_id in ids:
+        dave.wait(a, job_id)
+    assert dave.run(b, "print(1)").json()["status"] == "succeeded"
+
+
+def test_one_clients_backlog_does_not_hold_back_another_clients_next_job(cluster: Cluster) -> None:
+    a, b = cluster.nodes
+    ivy, jon = Client(cluster.key("ivy")), Client(cluster.key("jon"))
+    backlog = [ivy.submit(a, SLEEPER.format(s=3)) for _ in range(6)]  # 4 places run, 2 wait
+    assert wait_until(lambda: sum(ivy.status(a, j)["status"] == "running" for j in backlog) == 4, timeout=30)
+    mine = jon.submit(b, "print('mine')")
+    jobs = [ivy.wait(a, j) for j in backlog]
+    job = jon.wait(b, mine)
+
+    def started(j: dict) -> float:
+        return _epoch(j["finished_at"]) - j["duration_ms"] / 1000
+
+    waited = sorted(started(j) for j in jobs)[4:]  # ivy's two jobs that were still queued
+    assert started(job) <= min(waited) + 0.05, (started(job), waited)
+
+
+def _epoch(value: float | str) -> float:
+    return float(value)
+
+
+def test_an_api_node_killed_mid_stream_does_not_affect_the_job(cluster: Cluster, alice: Client) -> None:
+    a, _ = cluster.nodes
+    extra = cluster.api_node("c")
+    body = {"script_name": "main.py", "code": SLEEPER.format(s=2)}
+    with requests.post(f"{extra.url}/run-json", json=body, headers=alice.headers, stream=True, timeout=60) as r:
+        assert next(r.iter_lines()) == b"first"
+        extra.kill()
+    jobs = requests.get(f"{a.url}/jobs?limit=1", headers=alice.headers, timeout=10).json()["jobs"]
+    job = alice.wait(a, jobs[0]["job_id"])
+    assert (job["status"], job["stdout"]) == ("succeeded", "first\nlast\n")
+
+
+# Faults: each on a cluster of its own, since they restart or kill its parts.
+
+
+@pytest.fixture
+def small_cluster(
+    tmp_path: Path, postgres: PostgresServer, docker_client: docker.DockerClient, second_engine: docker.DockerClient
+) -> Iterator[tuple[Cluster, RedisServer, Proc]]:
+    redis_server = RedisServer()
+    c = _make_cluster(tmp_path, postgres, redis_server, RUNNER_POOL_SIZE="0")
+    node = c.api_node("a")
+    c.worker("w1", SECOND_ENGINE)
+    c.wait_for_workers(1, node)
+    yield c, redis_server, node
+    c.close()
+    redis_server.close()
+    left = lambda: _instance_containers(second_engine, c.instance("w1"))  # noqa: E731
+    assert wait_until(lambda: not left(), timeout=30), (left(), c.logs())
+
+
+def test_a_killed_worker_s_job_ends_naming_it_and_its_container_goes_when_it_restarts(
+    small_cluster: tuple[Cluster, RedisServer, Proc], second_engine: docker.DockerClient
+) -> None:
+    c, _, node = small_cluster
+    erin = Client(c.key("erin"))
+    job_id = erin.submit(node, SLEEPER.format(s=300))
+    erin.wait(node, job_id, until={"running"})
+    assert wait_until(lambda: bool(_running(second_engine, job_id)), timeout=10)
+    worker = next(p for p in c.procs if p.name == "w1")
+    killed_at = time.monotonic()
+    worker.kill(9)
+    job = erin.wait(node, job_id, timeout=60)
+    assert time.monotonic() - killed_at < 60
+    assert job["status"] == "internal_error"
+    assert c.instance("w1") in job["message"] and "heartbeat" in job["message"]
+    assert _instance_containers(second_engine, c.instance("w1"))  # left behind until that host runs it again
+    c.worker("w1", SECOND_ENGINE)
+    assert wait_until(lambda: not _running(second_engine, job_id), timeout=60), c.logs()
+    c.wait_for_workers(1, node)
+    assert erin.run(node, "print('after')").json()["stdout"] == "after\n"
+
+
+def test_redis_down_is_a_503_and_everyone_reconnects_when_it_returns(
+    small_cluster: tuple[Cluster, RedisServer, Proc],
+) -> None:
+    c, redis_server, node = small_cluster
+    fay = Client(c.key("fay"))
+    assert fay.run(node, "print(1)").json()["status"] == "succeeded"
+    redis_server.stop()
+    r = requests.post(
+        f"{node.url}/run-json", json={"script_name": "main.py", "code": "print(1)"}, headers=fay.headers, timeout=30
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "queue_unavailable")
+    assert r.headers["Retry-After"]
+    redis_server.start()
+    c.wait_for_workers(1, node)
+    assert fay.run(node, "print(2)").json()["stdout"] == "2\n"
+
+
+def test_postgres_down_is_a_503_and_everyone_reconnects_when_it_returns(
+    small_cluster: tuple[Cluster, RedisServer, Proc], postgres: PostgresServer
+) -> None:
+    c, _, node = small_cluster
+    gus = Client(c.key("gus"))
+    assert gus.run(node, "print(1)").json()["status"] == "succeeded"
+    postgres.stop()
+    try:
+        r = requests.get(f"{node.url}/jobs", headers=gus.headers, timeout=30)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "store_unavailable")
+    finally:
+        postgres.start()
+    assert gus.run(node, "print(2)").json()["stdout"] == "2\n"
+
+
+def test_jobs_redis_lost_are_queued_again(small_cluster: tuple[Cluster, RedisServer, Proc]) -> None:
+    c, redis_server, node = small_cluster
+    hal = Client(c.key("hal"))
+    worker = next(p for p in c.procs if p.name == "w1")
+    worker.kill(15)  # no worker: the job stays queued
+    job_id = hal.submit(node, "print('ran')")
+    redis_server.stop()
+    redis_server.start()  # without persistence: the queue is gone, the store still says queued
+    c.worker("w1", SECOND_ENGINE)
+    job = hal.wait(node, job_id, timeout=60)
+    assert (job["status"], job["stdout"]) == ("succeeded", "ran\n")
+
+
+def test_a_burst_worker_drains_the_queue_and_exits(
+    tmp_path: Path, postgres: PostgresServer, second_engine: docker.DockerClient
+) -> None:
+    redis_server = RedisServer()
+    c = _make_cluster(tmp_path, postgres, redis_server, RUNNER_POOL_SIZE="0")
+    try:
+        node = c.api_node("a")
+        kim = Client(c.key("kim"))
+        ids = [kim.submit(node, f"print({n})") for n in range(3)]
+        burst = c.worker("w1", SECOND_ENGINE, "--burst")
+        assert burst.popen is not None
+        assert burst.popen.wait(timeout=120) == 0, c.logs()
+        assert [kim.status(node, j)["stdout"] for j in ids] == ["0\n", "1\n", "2\n"]
+    finally:
+        c.close()
+        redis_server.close()
