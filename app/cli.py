@@ -31,7 +31,7 @@ def cli(ctx: click.Context) -> None:
 @cli.command()
 def serve() -> None:
     """Build the base image if missing, remove leftovers of a previous run, and serve HTTP."""
-    settings = Settings.from_env()
+    settings = _settings()
     if not settings.queue_url:  # an API node of the distributed mode runs nothing, so needs no engine
         _ensure_base(settings, mode=settings.base_build)
         _check_runtime(settings)
@@ -42,7 +42,7 @@ def serve() -> None:
 @click.option("--burst", is_flag=True, help="Run what is queued, then exit (for tests and batch jobs).")
 def worker(burst: bool) -> None:
     """Run queued jobs on this host's Docker engine (needs RUNNER_QUEUE_URL and RUNNER_DATABASE_URL)."""
-    settings = Settings.from_env()
+    settings = _settings()
     if not (settings.queue_url and settings.database_url):
         raise click.ClickException("a worker needs RUNNER_QUEUE_URL and RUNNER_DATABASE_URL (see the README)")
     _ensure_base(settings, mode=settings.base_build)
@@ -58,8 +58,16 @@ def worker(burst: bool) -> None:
 @click.option("--if-missing", is_flag=True, help="Do nothing when the base image already exists.")
 def build_base(offline: bool, if_missing: bool) -> None:
     """Build the base image (`FROM python:3.11-slim`, or offline with debootstrap)."""
-    settings = Settings.from_env()
+    settings = _settings()
     _ensure_base(settings, mode="offline" if offline else "online", rebuild=not if_missing)
+
+
+def _settings() -> Settings:
+    """The settings, or a one-line error naming what is inconsistent."""
+    try:
+        return Settings.from_env()
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
 
 
 def _ensure_base(settings: Settings, mode: str, rebuild: bool = False) -> None:
@@ -123,7 +131,7 @@ def clients_rotate(name: str) -> None:
 
 
 def _issue_key(issue: Callable[[Store], str]) -> str:
-    svc = Services(Settings.from_env())
+    svc = Services(_settings())
     try:
         return issue(svc.store)
     except RunnerError as e:
@@ -135,7 +143,7 @@ def _issue_key(issue: Callable[[Store], str]) -> str:
 @clients.command("list")
 def clients_list() -> None:
     """List clients and whether their key is active."""
-    svc = Services(Settings.from_env())
+    svc = Services(_settings())
     try:
         for c in client_keys.list_clients(svc.store):
             click.echo(f"{c.name}\t{'revoked' if c.revoked_at else 'active'}")
@@ -147,7 +155,7 @@ def clients_list() -> None:
 @click.argument("name")
 def clients_revoke(name: str) -> None:
     """Revoke NAME's key at once."""
-    svc = Services(Settings.from_env())
+    svc = Services(_settings())
     try:
         if not client_keys.revoke_client(svc.store, name):
             raise click.ClickException(f"no active client {name!r}")

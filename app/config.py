@@ -36,7 +36,7 @@ class Settings:
     )
     image_prefix: str = _setting("RUNNER_IMAGE_PREFIX", "datapane-run", "Repository prefix of client images.")
     instance: str = _setting(
-        "RUNNER_INSTANCE", "default", "Name on this service's containers; leftovers are removed at start."
+        "RUNNER_INSTANCE", "default", "Name on this process's containers (leftovers go at start); unique per worker."
     )
     timeout_s: float = _setting("RUNNER_TIMEOUT_S", 30.0, "Default wall-clock limit of a run, in seconds.")
     max_timeout_s: float = _setting("RUNNER_MAX_TIMEOUT_S", 300.0, "Largest `timeout` a request may ask for.")

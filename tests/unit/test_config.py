@@ -63,3 +63,9 @@ def test_documented_lists_every_settings_env_var_exactly_once() -> None:
     assert set(names) == {f.metadata["env"] for f in fields}
     assert all(doc.strip() for _var, _default, doc in documented)
     assert [default for _var, default, _doc in documented] == [f.default for f in fields]
+
+
+def test_a_shared_queue_without_a_shared_store_is_refused() -> None:
+    with pytest.raises(ValueError, match="RUNNER_DATABASE_URL"):
+        Settings.from_env({"RUNNER_QUEUE_URL": "redis://localhost/0"})
+    assert Settings.from_env({"RUNNER_QUEUE_URL": "redis://q/0", "RUNNER_DATABASE_URL": "postgresql://d/r"}).queue_url
