@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from flask import Flask
@@ -12,8 +11,8 @@ from gunicorn.app.base import BaseApplication
 
 from app import create_app
 from app.config import Settings
-from app.jobs.watchdog import claim_instance, release_instance
-from app.jobs.worker import WorkerContext, listen_for_cancels, start_loops, stop_on_signals
+from app.jobs.watchdog import claim_instance, release_instance, start_heartbeat
+from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_signals
 from app.services import EXTENSION, Services
 
 log = logging.getLogger(__name__)
@@ -55,28 +54,21 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
     svc = Services(settings)
     try:
         claim_instance(svc.redis, settings.instance)
+        stop = threading.Event()
+        beating = start_heartbeat(svc.redis, settings.instance, stop)  # at once: the name is ours from now on
         lost = svc.end_own_running_jobs()
         removed = svc.prepare_host()
         log.info("worker %s: removed %d leftover containers, ended %d lost jobs", settings.instance, removed, lost)
         ctx = WorkerContext(svc.store, svc.runner, settings.instance)
-        svc.start_watchdog(heartbeat_instance=settings.instance)
-        stop = threading.Event()
+        svc.start_watchdog()
         cancels = listen_for_cancels(ctx, svc.redis, stop)
-        loops = start_loops(ctx, svc.redis, settings.workers, burst=burst)
+        loops = Loops(ctx, svc.redis, settings.workers, burst=burst)
         stop_on_signals(loops)
-        broken = False
-        while any(thread.is_alive() for _, thread in loops):
-            if not burst and not broken and not all(thread.is_alive() for _, thread in loops):
-                broken = True  # running with fewer loops than asked would hide the fault: stop, let it restart
-                log.error("worker %s: a queue loop ended unexpectedly; stopping the worker", settings.instance)
-                for worker, _ in loops:
-                    worker.stop_after_current_job()
-            time.sleep(0.5)
+        loops.run_until_stopped()
         stop.set()
         cancels.join(timeout=5)
+        beating.join(timeout=5)
         release_instance(svc.redis, settings.instance)
-        if broken:
-            raise RuntimeError("a queue loop of this worker ended unexpectedly; see the log above")
     finally:
         svc.close(wait=True)
 

@@ -25,7 +25,7 @@ from app.jobs.queue import RqJobExecutor
 from app.jobs.runner import JobRunner
 from app.jobs.service import JobService
 from app.jobs.streams import RedisOutputs
-from app.jobs.watchdog import Heartbeat, Watchdog, lost_worker_message, start_watchdog
+from app.jobs.watchdog import Watchdog, lost_worker_message, start_watchdog
 from app.models import Status
 from app.sandbox.container import SandboxPolicy, remove_leftovers
 from app.sandbox.docker_gateway import DockerGateway
@@ -153,14 +153,11 @@ class Services:
             queue_size=s.queue_size, client_limit=s.client_queue_limit, rq_timeout_s=rq_timeout,
         )  # fmt: skip
 
-    def start_watchdog(self, heartbeat_instance: str | None = None) -> None:
-        """Distributed mode: end the jobs of lost workers and re-queue what Redis lost (and beat, in a worker)."""
+    def start_watchdog(self) -> None:
+        """Distributed mode: end the jobs of lost workers and restore places Redis lost."""
         assert isinstance(self.outputs, RedisOutputs)
-        heartbeat = Heartbeat(self.redis, heartbeat_instance) if heartbeat_instance else None
-        if heartbeat is not None:
-            heartbeat.beat()
         dog = Watchdog(self.redis, self.store, self.outputs, self.queue_executor.enqueue, self.queue_executor.places)
-        start_watchdog(dog, self._stop, heartbeat)
+        start_watchdog(dog, self._stop)
 
     def recover(self) -> tuple[int, int]:
         """Recover at start; return (containers removed, jobs ended).

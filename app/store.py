@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from app.models import Job, Limits, RunSpec, Status
 
+T = TypeVar("T")
 metadata = sa.MetaData()
 jobs = sa.Table(
     "jobs",
@@ -62,6 +63,7 @@ clients = sa.Table(
 )
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
+POOL_SIZE, POOL_OVERFLOW = 5, 10  # connections per process: at most 15 each (PostgreSQL allows 100 by default)
 JOB_FIELDS = [c.name for c in jobs.columns if c.name != "spec"]
 UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
 
@@ -106,10 +108,20 @@ class Store:
         if isinstance(target, Path):
             self._engine = _sqlite_engine(target)
         else:
-            self._engine = sa.create_engine(target, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # Every statement is a transaction of its own (autocommit): no BEGIN/COMMIT/ROLLBACK round trips. No
+            # ping before each use either (a round trip per query): a connection the server dropped (a restart)
+            # fails once, SQLAlchemy then discards the whole pool, and the statement is tried again (`_retry`).
+            # Parameters stay out of error messages and logs: they are clients' code, output and key hashes.
+            self._engine = sa.create_engine(
+                target, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, isolation_level="AUTOCOMMIT",
+                pool_reset_on_return=None, hide_parameters=True,
+            )  # fmt: skip
         self._insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
-        with self._engine.begin() as conn:
-            _migrate(conn)
+        with self._engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                _migrate(conn)  # one real transaction
 
     def close(self) -> None:
         self._engine.dispose()
@@ -126,6 +138,12 @@ class Store:
         update = {k: v for k, v in values.items() if k != "id" and (k != "spec" or job.status.finished)}
         stmt = self._insert(jobs).values(values).on_conflict_do_update(index_elements=["id"], set_=update)
         self._run(stmt)
+
+    def save_final(self, job: Job) -> bool:
+        """Record a job's end, unless it already ended (a watchdog, a cancel of the queued job) or is gone."""
+        values = {k: v for k, v in _job_values(job).items() if k != "id"}
+        stmt = sa.update(jobs).where(jobs.c.id == job.id, jobs.c.status.in_(UNFINISHED)).values(spec=None, **values)
+        return self._run(stmt) > 0
 
     def get_job(self, job_id: str, client: str | None = None) -> Job | None:
         """The job, or None when missing or (with `client`) owned by someone else."""
@@ -175,6 +193,10 @@ class Store:
         Each waiting client's oldest queued time, each client's count of running jobs, and when each waiting
         client last had a job started.
         """
+        return _retry(self._queue_view)
+
+    def _queue_view(self) -> tuple[list[tuple[str, float]], dict[str, int], dict[str, float]]:
+
         with self._engine.connect() as conn:
             waiting = [
                 (str(c), float(t))
@@ -276,15 +298,31 @@ class Store:
 
     # plumbing
     def _rows(self, query: sa.Select[Any]) -> list[tuple[Any, ...]]:
-        with self._engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query)]
+        def read() -> list[tuple[Any, ...]]:
+            with self._engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(query)]
+
+        return _retry(read)
 
     def _count(self, where: sa.ColumnElement[bool]) -> int:
         return int(self._rows(sa.select(sa.func.count()).select_from(jobs).where(where))[0][0])
 
     def _run(self, stmt: sa.Executable) -> int:
-        with self._engine.begin() as conn:
-            return int(getattr(conn.execute(stmt), "rowcount", 0) or 0)
+        def write() -> int:
+            with self._engine.begin() as conn:
+                return int(getattr(conn.execute(stmt), "rowcount", 0) or 0)
+
+        return _retry(write)
+
+
+def _retry(operation: Callable[[], T]) -> T:
+    """Run `operation`; once more if the database dropped its connection (the pool is then fresh)."""
+    try:
+        return operation()
+    except sa.exc.DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+        return operation()
 
 
 def _sqlite_engine(path: Path) -> Engine:
@@ -292,7 +330,9 @@ def _sqlite_engine(path: Path) -> Engine:
     path.parent.chmod(0o700)  # jobs hold clients' code and output: the service's user only
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     path.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
-    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+    engine = sa.create_engine(
+        f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -340,8 +380,8 @@ def _job_values(job: Job) -> dict[str, Any]:
         "stdout": job.stdout,
         "stderr": job.stderr,
         "output": job.output,
-        "build_log": job.build_log,
-        "message": job.message,
+        "build_log": job.build_log.replace("\x00", ""),  # PostgreSQL's text holds no NUL
+        "message": job.message.replace("\x00", ""),
         "worker": job.worker,
     }
 

@@ -6,6 +6,8 @@ import logging
 import time
 from contextlib import ExitStack
 
+import sqlalchemy.exc
+
 from app.errors import BuildFailed, RunnerError
 from app.images.cache import ImageCache
 from app.images.client_images import BuildHooks, ClientImages, client_image_tag
@@ -21,6 +23,8 @@ from app.store import Store
 
 log = logging.getLogger(__name__)
 PROGRESS_PREFIX = "[runner] "
+RECORD_FAILED = "The service could not record this job's result; it has been logged."
+STORE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)  # the database does not answer
 RECORD_RETRY_S = 300.0  # how long a finished job waits for the store to answer before its result is given up
 
 
@@ -90,19 +94,26 @@ class JobRunner:
             self._record(job)
 
     def _record(self, job: Job) -> None:
-        """Save the final record, retrying while the store does not answer (a database restart)."""
+        """Save the final record, retrying while the store does not answer (a database restart).
+
+        Only a job still unfinished in the store is updated: one a watchdog ended meanwhile keeps that end.
+        """
         deadline = time.monotonic() + RECORD_RETRY_S
         while True:
             try:
-                if self._store.get_job(job.id) is not None:  # not deleted meanwhile
-                    self._store.save_job(job)
+                if not self._store.save_final(job):
+                    log.warning("job %s had already ended (or was deleted); its result here is not recorded", job.id)
                 return
-            except Exception:
+            except STORE_DOWN:
                 if time.monotonic() > deadline:
                     log.exception("could not record the result of job %s; giving up", job.id)
                     return
                 log.warning("could not record the result of job %s yet; retrying", job.id, exc_info=True)
                 time.sleep(1)
+            except Exception:
+                log.exception("could not record the result of job %s", job.id)
+                self._store.end_unfinished(job.id, Status.INTERNAL_ERROR, RECORD_FAILED)
+                return
 
     def _build_and_run(
         self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack

@@ -6,7 +6,7 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from app.errors import NotFound, RunnerError
+from app.errors import NotFound
 from app.jobs.executor import JobExecutor
 from app.jobs.outputs import OutputBus
 from app.models import Job, RunSpec, Status
@@ -45,7 +45,7 @@ class JobService:
         self._outputs.open(job.id)  # live output exists from now until the job's record is final
         try:
             self._executor.submit(job.id, spec)
-        except RunnerError:
+        except BaseException:  # refused, or the queue failed: nothing of this request may run later
             self._outputs.discard(job.id)
             self._store.delete_job(job.id)
             raise

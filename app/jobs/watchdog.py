@@ -95,11 +95,11 @@ class Watchdog:
         now = time.time() if now is None else now
         ended = requeued = 0
         unfinished = self._store.unfinished_jobs()
-        for worker in {j.worker for j in unfinished if j.status is Status.RUNNING and j.worker}:
-            if self._conn.exists(alive_key(worker)):
-                self._missing_since.pop(worker, None)
-            else:
-                self._missing_since.setdefault(worker, now)
+        workers = {j.worker for j in unfinished if j.status is Status.RUNNING and j.worker}
+        missing = {w for w in workers if not self._conn.exists(alive_key(w))}
+        # Only a heartbeat missing at every pass since it was first seen missing counts (a Redis restart loses
+        # every key for a moment; live workers write theirs again within HEARTBEAT_EVERY_S).
+        self._missing_since = {w: self._missing_since.get(w, now) for w in missing}
         for job in unfinished:
             if job.status is Status.RUNNING and job.worker:
                 since = self._missing_since.get(job.worker)
@@ -117,24 +117,35 @@ class Watchdog:
                 requeued += 1
         return ended, requeued
 
-    def run(self, stop: threading.Event, heartbeat: Heartbeat | None = None) -> None:
-        """Beat (a worker) and watch until `stop` is set; Redis and database outages are waited out."""
-        next_watch = 0.0
+    def run(self, stop: threading.Event) -> None:
+        """Watch until `stop` is set; Redis and database outages are waited out."""
         while not stop.is_set():
             try:
-                if heartbeat is not None:
-                    heartbeat.beat()
-                if time.monotonic() >= next_watch:
-                    next_watch = time.monotonic() + WATCH_EVERY_S
-                    self.check()
+                self.check()
             except REDIS_ERRORS:
                 log.warning("watchdog: Redis is not reachable; retrying")
             except Exception:
                 log.exception("watchdog: check failed; retrying")
-            stop.wait(HEARTBEAT_EVERY_S)
+            stop.wait(WATCH_EVERY_S)
 
 
-def start_watchdog(watchdog: Watchdog, stop: threading.Event, heartbeat: Heartbeat | None = None) -> threading.Thread:
-    thread = threading.Thread(target=watchdog.run, args=(stop, heartbeat), name="watchdog", daemon=True)
+def start_watchdog(watchdog: Watchdog, stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def start_heartbeat(conn: redis.Redis, instance: str, stop: threading.Event) -> threading.Thread:
+    """Beat on a thread of its own, so a slow database or watchdog pass never delays it."""
+    heartbeat = Heartbeat(conn, instance)
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_EVERY_S):
+            try:
+                heartbeat.beat()
+            except REDIS_ERRORS:
+                log.warning("heartbeat: Redis is not reachable; retrying")
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
     return thread

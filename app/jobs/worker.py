@@ -9,7 +9,9 @@ the main thread), its started/failed registries and worker registrations.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import signal
 import threading
 import time
@@ -25,13 +27,16 @@ from rq.worker import WorkerStatus
 
 from app.jobs.executor import CancelToken
 from app.jobs.fair import Head, pick_next
-from app.jobs.queue import job_queue
+from app.jobs.queue import TASK, job_queue
 from app.jobs.runner import JobRunner
-from app.jobs.streams import CancelSignals
+from app.jobs.streams import REDIS_ERRORS, CancelSignals
+from app.models import Status
 from app.store import Store
 
 log = logging.getLogger(__name__)
 CLAIM_ATTEMPTS = 20
+JOB_ID = re.compile(r"[0-9a-f]{24}")
+WORKER_FAILED = "The worker failed while starting or recording this job; it has been logged. Submit it again."
 
 
 @dataclass
@@ -71,18 +76,33 @@ def run_queued_job(token: str) -> None:
         if job_id is None:
             return  # nothing waits (this place's job was cancelled, or another place started it)
         cancel = CancelToken()
-        with ctx.lock:
-            ctx.tokens[job_id] = cancel  # before the claim: a cancel sent once it is running finds it
+        with ctx.lock:  # registered before the claim, so a cancel sent once it runs finds it
+            taken = job_id in ctx.tokens  # another thread of this worker is claiming or running it
+            if not taken:
+                ctx.tokens[job_id] = cancel
+        if taken:
+            time.sleep(0.01)
+            continue
         try:
             if ctx.store.claim_job(job_id, ctx.instance, time.time()):
-                spec = ctx.store.get_spec(job_id)
-                if spec is not None:
-                    log.info("job %s: started for queue place %s", job_id, token)
-                    ctx.runner.execute(job_id, spec, cancel)
+                _run_claimed(ctx, job_id, token, cancel)
                 return
         finally:
             with ctx.lock:
                 ctx.tokens.pop(job_id, None)
+
+
+def _run_claimed(ctx: WorkerContext, job_id: str, place: str, cancel: CancelToken) -> None:
+    """Run a job this worker claimed; whatever fails, it does not stay `running`."""
+    try:
+        spec = ctx.store.get_spec(job_id)
+        if spec is None:
+            raise RuntimeError("the claimed job has no spec")
+        log.info("job %s: started for queue place %s", job_id, place)
+        ctx.runner.execute(job_id, spec, cancel)
+    except Exception:
+        log.exception("job %s: could not be run", job_id)
+        ctx.store.end_unfinished(job_id, Status.INTERNAL_ERROR, WORKER_FAILED)
 
 
 def fair_choice(store: Store) -> str | None:
@@ -96,6 +116,15 @@ class ThreadWorker(rq.SimpleWorker):
     """RQ's SimpleWorker on a thread: the process's main thread owns the signals and stops every loop."""
 
     death_penalty_class = TimerDeathPenalty
+
+    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        """Run only our own task with a job id: whoever can write to Redis must not name another function."""
+        if job.func_name != TASK or len(job.args) != 1 or not JOB_ID.fullmatch(str(job.args[0])):
+            log.error("refusing queue entry %s: it names %r, not the runner's task", job.id, job.func_name)
+            with contextlib.suppress(Exception):
+                job.cancel()
+            return
+        super().execute_job(job, queue)
 
     def _install_signal_handlers(self) -> None:
         """The main thread handles SIGTERM/SIGINT for all loops (see `serve_worker`)."""
@@ -114,31 +143,56 @@ class ThreadWorker(rq.SimpleWorker):
         super().heartbeat(timeout, pipeline)
 
 
-def start_loops(
-    ctx: WorkerContext, conn: Any, count: int, *, burst: bool
-) -> list[tuple[ThreadWorker, threading.Thread]]:
-    """Start `count` RQ loops on threads, named `<instance>.<n>`.
+class Loops:
+    """`count` RQ loops on threads, named `<instance>.<n>`; a loop that ends on its own is started again.
 
-    RQ refuses a name whose registration is still live; the instance name is ours alone (see claim_instance), so
-    a registration left by this instance's previous life (killed, so it never deregistered) is ended first.
+    RQ's loop ends when Redis fails under it (e.g. while it records a finished job), so a worker would otherwise
+    stop at the first Redis restart. RQ refuses a name whose registration is still live; the instance name is ours
+    alone (see claim_instance), so a registration left by an earlier life of the loop is ended first.
     """
-    global _context
-    _context = ctx
-    queue = job_queue(conn)
-    loops = []
-    for n in range(count):
-        stale = rq.Worker.find_by_key(f"{rq.Worker.redis_worker_namespace_prefix}{ctx.instance}.{n}", conn)
+
+    def __init__(self, ctx: WorkerContext, conn: Any, count: int, *, burst: bool) -> None:
+        global _context
+        _context = ctx
+        self._ctx, self._conn, self._burst = ctx, conn, burst
+        self._queue = job_queue(conn)
+        self._stopping = threading.Event()
+        self._loops = [self._start(n) for n in range(count)]
+
+    def _start(self, n: int) -> tuple[ThreadWorker, threading.Thread]:
+        name = f"{self._ctx.instance}.{n}"
+        stale = rq.Worker.find_by_key(f"{rq.Worker.redis_worker_namespace_prefix}{name}", self._conn)
         if stale is not None:
             stale.register_death()  # type: ignore[no-untyped-call]
         # worker_ttl 20: a loop blocks at most 5 s for the next job, so a stop takes effect within that
-        worker = ThreadWorker([queue], connection=conn, name=f"{ctx.instance}.{n}", serializer=JSONSerializer,
+        worker = ThreadWorker([self._queue], connection=self._conn, name=name, serializer=JSONSerializer,
                               worker_ttl=20)  # fmt: skip
         thread = threading.Thread(
-            target=worker.work, kwargs={"burst": burst, "logging_level": "WARNING"}, name=f"rq-{n}", daemon=True
+            target=worker.work, kwargs={"burst": self._burst, "logging_level": "WARNING"}, name=f"rq-{n}", daemon=True
         )
         thread.start()
-        loops.append((worker, thread))
-    return loops
+        return worker, thread
+
+    def stop(self) -> None:
+        """Every loop finishes its current job, then stops."""
+        self._stopping.set()
+        for worker, _ in self._loops:
+            worker.stop_after_current_job()
+
+    def run_until_stopped(self) -> None:
+        """Watch the loops until all have stopped (burst: drained), restarting any that end unasked."""
+        while any(thread.is_alive() for _, thread in self._loops):
+            for n, (_, thread) in enumerate(self._loops):
+                if thread.is_alive() or self._stopping.is_set() or self._burst:
+                    continue
+                log.warning("worker %s: queue loop %d ended (Redis unreachable?); restarting it", self._ctx.instance, n)
+                self._stopping.wait(2)
+                if not self._stopping.is_set():
+                    try:
+                        self._loops[n] = self._start(n)
+                    except REDIS_ERRORS:
+                        log.warning("worker %s: Redis is still unreachable", self._ctx.instance)
+            time.sleep(0.5)
 
 
 def listen_for_cancels(ctx: WorkerContext, conn: Any, stop: threading.Event) -> threading.Thread:
@@ -149,13 +203,12 @@ def listen_for_cancels(ctx: WorkerContext, conn: Any, stop: threading.Event) -> 
     return thread
 
 
-def stop_on_signals(loops: list[tuple[ThreadWorker, threading.Thread]]) -> None:
+def stop_on_signals(loops: Loops) -> None:
     """SIGTERM/SIGINT: every loop finishes its current job, then stops (a warm shutdown, as RQ's own)."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping after the running jobs", signum)
-        for worker, _ in loops:
-            worker.stop_after_current_job()
+        loops.stop()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
