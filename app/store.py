@@ -117,11 +117,31 @@ class Store:
                 pool_reset_on_return=None, hide_parameters=True,
             )  # fmt: skip
         self._insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        self._prepare_statements()
         with self._engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn = conn.execution_options(isolation_level="READ COMMITTED")
             with conn.begin():
                 _migrate(conn)  # one real transaction
+
+    def _prepare_statements(self) -> None:
+        """The statements of every run's path, built once with bound parameters (building is most of the cost)."""
+        upsert = self._insert(jobs)
+        columns = [c.name for c in jobs.columns if c.name != "id"]
+        keep_spec = {c: upsert.excluded[c] for c in columns if c != "spec"}
+        self._upsert_job = upsert.on_conflict_do_update(index_elements=["id"], set_=keep_spec)
+        every = {c: upsert.excluded[c] for c in columns}
+        self._upsert_finished_job = upsert.on_conflict_do_update(index_elements=["id"], set_=every)
+        self._final = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status.in_(UNFINISHED))
+        self._get = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.id == sa.bindparam("b_id"))
+        self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
+        self._claim = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == Status.QUEUED.value)
+        self._by_key = sa.select(clients).where(clients.c.key_hash == sa.bindparam("b_hash"))
+        touch = self._insert(images)
+        self._touch = touch.on_conflict_do_update(
+            index_elements=["engine", "tag"], set_={"last_used": touch.excluded.last_used}
+        )
+        self._purge = sa.delete(jobs).where(jobs.c.finished_at.is_not(None), jobs.c.finished_at < sa.bindparam("b_cut"))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -135,22 +155,19 @@ class Store:
         """Insert or replace the whole job record (and its spec, when given; a finished job drops it)."""
         values = _job_values(job)
         values["spec"] = _dump_spec(spec) if spec is not None and not job.status.finished else None
-        update = {k: v for k, v in values.items() if k != "id" and (k != "spec" or job.status.finished)}
-        stmt = self._insert(jobs).values(values).on_conflict_do_update(index_elements=["id"], set_=update)
-        self._run(stmt)
+        self._run(self._upsert_finished_job if job.status.finished else self._upsert_job, values)
 
     def save_final(self, job: Job) -> bool:
         """Record a job's end, unless it already ended (a watchdog, a cancel of the queued job) or is gone."""
         values = {k: v for k, v in _job_values(job).items() if k != "id"}
-        stmt = sa.update(jobs).where(jobs.c.id == job.id, jobs.c.status.in_(UNFINISHED)).values(spec=None, **values)
-        return self._run(stmt) > 0
+        return self._run(self._final, {**values, "spec": None, "b_id": job.id}) > 0
 
     def get_job(self, job_id: str, client: str | None = None) -> Job | None:
         """The job, or None when missing or (with `client`) owned by someone else."""
-        query = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.id == job_id)
-        if client is not None:
-            query = query.where(jobs.c.client == client)
-        rows = self._rows(query)
+        if client is None:
+            rows = self._rows(self._get, {"b_id": job_id})
+        else:
+            rows = self._rows(self._get_own, {"b_id": job_id, "b_client": client})
         return _job(rows[0]) if rows else None
 
     def get_spec(self, job_id: str) -> RunSpec | None:
@@ -233,12 +250,8 @@ class Store:
 
     def claim_job(self, job_id: str, worker: str, now: float) -> bool:
         """Move a queued job to running on `worker`; False when it is no longer queued (cancelled, taken)."""
-        stmt = (
-            sa.update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.value)
-            .values(status=Status.RUNNING.value, worker=worker, started_at=now)
-        )
-        return self._run(stmt) > 0
+        values = {"status": Status.RUNNING.value, "worker": worker, "started_at": now, "b_id": job_id}
+        return self._run(self._claim, values) > 0
 
     def end_unfinished(self, job_id: str, status: Status, message: str, *, only: Status | None = None) -> bool:
         """End a job that is still queued or running (only in state `only`, if given); False when it was not."""
@@ -252,7 +265,7 @@ class Store:
 
     def purge_finished_before(self, cutoff: float) -> int:
         """Delete finished jobs that ended before `cutoff`; return how many."""
-        return self._run(sa.delete(jobs).where(jobs.c.finished_at.is_not(None), jobs.c.finished_at < cutoff))
+        return self._run(self._purge, {"b_cut": cutoff})
 
     def purge_beyond(self, client: str, keep: int) -> int:
         """Delete the client's finished jobs beyond its `keep` newest; return how many."""
@@ -264,8 +277,7 @@ class Store:
 
     # client images, per Docker engine
     def touch_image(self, engine: str, tag: str, when: float) -> None:
-        stmt = self._insert(images).values(engine=engine, tag=tag, last_used=when)
-        self._run(stmt.on_conflict_do_update(index_elements=["engine", "tag"], set_={"last_used": when}))
+        self._run(self._touch, {"engine": engine, "tag": tag, "last_used": when})
 
     def image_last_used(self, engine: str) -> dict[str, float]:
         return dict(self._rows(sa.select(images.c.tag, images.c.last_used).where(images.c.engine == engine)))
@@ -281,7 +293,7 @@ class Store:
         self._run(stmt)
 
     def client_by_key_hash(self, key_hash: str) -> ClientRecord | None:
-        rows = self._rows(sa.select(clients).where(clients.c.key_hash == key_hash))
+        rows = self._rows(self._by_key, {"b_hash": key_hash})
         return ClientRecord(*rows[0]) if rows else None
 
     def list_clients(self) -> list[ClientRecord]:
@@ -297,20 +309,20 @@ class Store:
         return self._run(stmt) > 0
 
     # plumbing
-    def _rows(self, query: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    def _rows(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         def read() -> list[tuple[Any, ...]]:
             with self._engine.connect() as conn:
-                return [tuple(r) for r in conn.execute(query)]
+                return [tuple(r) for r in conn.execute(query, params)]
 
         return _retry(read)
 
     def _count(self, where: sa.ColumnElement[bool]) -> int:
         return int(self._rows(sa.select(sa.func.count()).select_from(jobs).where(where))[0][0])
 
-    def _run(self, stmt: sa.Executable) -> int:
+    def _run(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> int:
         def write() -> int:
             with self._engine.begin() as conn:
-                return int(getattr(conn.execute(stmt), "rowcount", 0) or 0)
+                return int(getattr(conn.execute(stmt, params), "rowcount", 0) or 0)
 
         return _retry(write)
 
@@ -331,7 +343,11 @@ def _sqlite_engine(path: Path) -> Engine:
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     path.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
     engine = sa.create_engine(
-        f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+        f"sqlite:///{path}",
+        connect_args={"timeout": 30, "check_same_thread": False},
+        hide_parameters=True,
+        isolation_level="AUTOCOMMIT",  # each statement its own transaction, as PostgreSQL here: no extra round trips
+        pool_reset_on_return=None,
     )
 
     @sa.event.listens_for(engine, "connect")
