@@ -66,14 +66,16 @@ def cluster(
         tmp_path_factory.mktemp("cluster"), postgres, own_redis,
         RUNNER_WORKERS="2", RUNNER_POOL_SIZE="1", RUNNER_CLIENT_QUEUE_LIMIT="8", PIP_INDEX_URL=index_url,
     )  # fmt: skip
-    a, b = c.api_node("a"), c.api_node("b")
-    c.worker("w1")
-    c.worker("w2", SECOND_ENGINE)
-    c.worker("w3")  # a second worker process on the first engine
-    c.wait_for_workers(3, a)
-    c.nodes = (a, b)
-    yield c
-    c.close()
+    try:
+        a, b = c.api_node("a"), c.api_node("b")
+        c.worker("w1")
+        c.worker("w2", SECOND_ENGINE)
+        c.worker("w3")  # a second worker process on the first engine
+        c.wait_for_workers(3, a)
+        c.nodes = (a, b)
+        yield c
+    finally:
+        c.close()  # also when starting failed: no process outlives the module
     for engine, name in ((docker_client, "w1"), (second_engine, "w2"), (docker_client, "w3")):
         instance = c.instance(name)
         assert wait_until(lambda: not _instance_containers(engine, instance), timeout=30), c.logs()  # noqa: B023
@@ -223,12 +225,14 @@ def small_cluster(
 ) -> Iterator[tuple[Cluster, RedisServer, Proc]]:
     redis_server = RedisServer()
     c = _make_cluster(tmp_path, postgres, redis_server, RUNNER_POOL_SIZE="0")
-    node = c.api_node("a")
-    c.worker("w1", SECOND_ENGINE)
-    c.wait_for_workers(1, node)
-    yield c, redis_server, node
-    c.close()
-    redis_server.close()
+    try:
+        node = c.api_node("a")
+        c.worker("w1", SECOND_ENGINE)
+        c.wait_for_workers(1, node)
+        yield c, redis_server, node
+    finally:
+        c.close()
+        redis_server.close()
     left = lambda: _instance_containers(second_engine, c.instance("w1"))  # noqa: E731
     assert wait_until(lambda: not left(), timeout=30), (left(), c.logs())
 
