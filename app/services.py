@@ -26,7 +26,6 @@ from app.jobs.runner import JobRunner
 from app.jobs.service import JobService
 from app.jobs.streams import RedisOutputs
 from app.jobs.watchdog import Watchdog, lost_worker_message, start_watchdog
-from app.models import Status
 from app.sandbox.container import SandboxPolicy, remove_leftovers
 from app.sandbox.docker_gateway import DockerGateway
 from app.sandbox.limits import resolve_limits
@@ -174,9 +173,8 @@ class Services:
 
     def end_own_running_jobs(self) -> int:
         """A worker starting under its name: the jobs the store says it runs were lost with its previous life."""
-        lost = self.store.unfinished_jobs(worker=self.settings.instance)
-        message = lost_worker_message(self.settings.instance)
-        return sum(self.store.end_unfinished(j.id, Status.INTERNAL_ERROR, message) for j in lost)
+        instance = self.settings.instance
+        return self.jobs.mark_interrupted(worker=instance, message=lost_worker_message(instance))
 
     def prepare_host(self) -> int:
         """Remove this instance's leftover containers, expire old jobs and warm the base image's pool."""

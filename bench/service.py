@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,10 @@ import docker
 import requests
 
 from app.sandbox.container import LABEL
+from tests.backing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 INSTANCE_LABEL = f"{LABEL}.instance"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Service:

@@ -24,6 +24,7 @@ AS_POSTGRES: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_g
 
 
 def free_port() -> int:
+    """A TCP port nobody listens on right now (on loopback)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

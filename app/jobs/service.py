@@ -92,13 +92,10 @@ class JobService:
         self._store.delete_job(job.id)
         return False
 
-    def mark_interrupted(self) -> int:
-        """At start: end the jobs a stop interrupted, with a reason; return how many."""
-        interrupted = self._store.unfinished_jobs()
-        for job in interrupted:
-            job.finish(Status.INTERNAL_ERROR, INTERRUPTED)
-            self._store.save_job(job)
-        return len(interrupted)
+    def mark_interrupted(self, worker: str | None = None, message: str = INTERRUPTED) -> int:
+        """At start: end the jobs a stop interrupted (only `worker`'s, if given), with a reason; return how many."""
+        interrupted = self._store.unfinished_jobs(worker=worker)
+        return sum(self._store.end_unfinished(j.id, Status.INTERNAL_ERROR, message) for j in interrupted)
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete finished jobs older than the retention time; return how many."""

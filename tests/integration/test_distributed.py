@@ -14,7 +14,7 @@ import requests
 from app.sandbox.container import LABEL
 from tests.backing import PostgresServer, RedisServer
 from tests.cluster import SECOND_ENGINE, Client, Cluster, Proc
-from tests.helpers import wait_until
+from tests.helpers import leftovers, wait_until
 from tests.package_index import serve_index
 
 SLEEPER = "import time\nprint('first', flush=True)\ntime.sleep({s})\nprint('last')"
@@ -29,10 +29,6 @@ def _running(engine: docker.DockerClient, job_id: str) -> list[dict]:
 def _host(cluster: Cluster, worker: str) -> str:
     """Which engine a worker of the module's cluster runs on."""
     return "second" if worker == cluster.instance("w2") else "first"
-
-
-def _instance_containers(engine: docker.DockerClient, instance: str) -> list[dict]:
-    return list(engine.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]}))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +74,7 @@ def cluster(
         c.close()  # also when starting failed: no process outlives the module
     for engine, name in ((docker_client, "w1"), (second_engine, "w2"), (docker_client, "w3")):
         instance = c.instance(name)
-        assert wait_until(lambda: not _instance_containers(engine, instance), timeout=30), c.logs()  # noqa: B023
+        assert wait_until(lambda: not leftovers(engine, instance), timeout=30), c.logs()  # noqa: B023
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +229,7 @@ def small_cluster(
     finally:
         c.close()
         redis_server.close()
-    left = lambda: _instance_containers(second_engine, c.instance("w1"))  # noqa: E731
+    left = lambda: leftovers(second_engine, c.instance("w1"))  # noqa: E731
     assert wait_until(lambda: not left(), timeout=30), (left(), c.logs())
 
 
@@ -252,7 +248,7 @@ def test_a_killed_worker_s_job_ends_naming_it_and_its_container_goes_when_it_res
     assert time.monotonic() - killed_at < 60
     assert job["status"] == "internal_error"
     assert c.instance("w1") in job["message"] and "heartbeat" in job["message"]
-    assert _instance_containers(second_engine, c.instance("w1"))  # left behind until that host runs it again
+    assert leftovers(second_engine, c.instance("w1"))  # left behind until that host runs it again
     c.worker("w1", SECOND_ENGINE)
     assert wait_until(lambda: not _running(second_engine, job_id), timeout=60), c.logs()
     c.wait_for_workers(1, node)

@@ -17,20 +17,15 @@ import docker
 import pytest
 
 from app.sandbox.container import LABEL
+from tests.backing import free_port
 from tests.helpers import TEST_IMAGE_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) -> Iterator[tuple[int, str, dict]]:
-    port = _free_port()
+    port = free_port()
     instance = f"test-srv-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
