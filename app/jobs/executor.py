@@ -108,7 +108,7 @@ class ThreadJobExecutor:
         with self._cond:
             while not self._waiting and not self._closed:
                 self._cond.wait()
-            heads = [Head(client, q[0][0], q[0][3]) for client, q in self._waiting.items()]
+            heads = [Head(client, q[0][3]) for client, q in self._waiting.items()]
             head = pick_next(heads, self._running, self._last_started)
             if head is None:
                 return None

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Head:
-    """The first queued job of one client's queue."""
+    """One client's queue, by when its first job was queued."""
 
     client: str
-    job_id: str
     queued_at: float
 
 

@@ -108,7 +108,7 @@ def _run_claimed(ctx: WorkerContext, job_id: str, place: str, cancel: CancelToke
 def fair_choice(store: Store) -> str | None:
     """The queued job to start now by the fair rule, or None."""
     waiting, running, last_started = store.queue_view()
-    head = pick_next([Head(client, "", at) for client, at in waiting], running, last_started)
+    head = pick_next([Head(client, at) for client, at in waiting], running, last_started)
     return store.oldest_queued(head.client) if head is not None else None
 
 

@@ -225,7 +225,7 @@ def test_a_client_alone_uses_every_worker() -> None:
 
 
 def test_the_fair_rule_prefers_fewest_running_then_least_recently_started_then_oldest() -> None:
-    heads = [Head("alice", "a", 1.0), Head("bob", "b", 2.0), Head("carol", "c", 3.0)]
+    heads = [Head("alice", 1.0), Head("bob", 2.0), Head("carol", 3.0)]
     assert pick_next([], {}, {}) is None
     assert pick_next(heads, {}, {}) == heads[0]  # nobody runs anything: the oldest waiting job
     assert pick_next(heads, {"alice": 1}, {}) == heads[1]  # alice runs one already
