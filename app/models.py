@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LogSink = Callable[[str], None]
 """Receives lines of a tool's or a build's progress."""
@@ -43,14 +43,40 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Program:
+    """What one container runs: the files, the entry point, and the script's arguments, variables and stdin."""
+
+    files: dict[str, bytes]
+    entrypoint: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    stdin: bytes | None = None  # None: an immediate EOF
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """What a client asked to run: validated files, the entry point and the limits."""
+    """What a client asked to run: validated files, the entry point, the script's input and the limits."""
 
     client: str
     files: dict[str, bytes]
     entrypoint: str
     limits: Limits
     requirements: tuple[str, ...] | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # may hold secrets: never logged, dropped when the job ends
+    stdin: bytes | None = None
+
+    @property
+    def program(self) -> Program:
+        return Program(self.files, self.entrypoint, self.args, self.env, self.stdin)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a run consumed, from its container's cgroup: CPU time and peak memory (None: unknown)."""
+
+    cpu_seconds: float | None
+    peak_memory_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,7 @@ class RunOutcome:
     timed_out: bool
     output_truncated: bool
     cancelled: bool = False
+    usage: Usage | None = None
 
     @classmethod
     def cancelled_before_start(cls) -> RunOutcome:
@@ -99,11 +126,18 @@ class Job:
     build_log: str = ""
     message: str = ""
     worker: str | None = None  # the instance name of the process that ran it
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    status_corrected: bool = False  # the answer came from the agent's trailer; Docker's verdict, recorded, differed
 
     def finish(self, status: Status, message: str, exit_code: int | None = None) -> None:
         """Mark the job ended."""
         self.status, self.message, self.exit_code = status, message, exit_code
         self.finished_at = self.finished_at or time.time()
+
+    def record_usage(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.cpu_seconds, self.peak_memory_bytes = usage.cpu_seconds, usage.peak_memory_bytes
 
     @property
     def duration_ms(self) -> int | None:

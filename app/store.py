@@ -41,6 +41,9 @@ jobs = sa.Table(
     sa.Column("build_log", sa.Text, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("worker", sa.Text),
+    sa.Column("cpu_seconds", sa.Float),
+    sa.Column("peak_memory_bytes", sa.BigInteger),
+    sa.Column("status_corrected", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
     sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
     sa.Index("jobs_by_finish", "finished_at"),
@@ -78,7 +81,15 @@ def _v1_from_unversioned(conn: Connection) -> None:
     metadata.create_all(conn, tables=[images, jobs])  # and the new index
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned]
+def _v2_usage(conn: Connection) -> None:
+    """Jobs gain what their run consumed, and whether Docker corrected the agent's report."""
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN cpu_seconds DOUBLE PRECISION"))
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN peak_memory_bytes BIGINT"))
+    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN status_corrected BOOLEAN NOT NULL DEFAULT {false}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned, _v2_usage]
 """MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
 VERSION = len(MIGRATIONS)
 
@@ -253,6 +264,15 @@ class Store:
         values = {"status": Status.RUNNING.value, "worker": worker, "started_at": now, "b_id": job_id}
         return self._run(self._claim, values) > 0
 
+    def correct_result(self, job: Job) -> bool:
+        """Replace a finished job's verdict (status, message, exit code) with a corrected one; False when gone."""
+        stmt = (
+            sa.update(jobs)
+            .where(jobs.c.id == job.id)
+            .values(status=job.status.value, message=job.message, exit_code=job.exit_code, status_corrected=True)
+        )
+        return self._run(stmt) > 0
+
     def end_unfinished(self, job_id: str, status: Status, message: str, *, only: Status | None = None) -> bool:
         """End a job that is still queued or running (only in state `only`, if given); False when it was not."""
         states = UNFINISHED if only is None else (only.value,)
@@ -399,6 +419,9 @@ def _job_values(job: Job) -> dict[str, Any]:
         "build_log": job.build_log.replace("\x00", ""),  # PostgreSQL's text holds no NUL
         "message": job.message.replace("\x00", ""),
         "worker": job.worker,
+        "cpu_seconds": job.cpu_seconds,
+        "peak_memory_bytes": job.peak_memory_bytes,
+        "status_corrected": job.status_corrected,
     }
 
 
@@ -419,6 +442,9 @@ def _dump_spec(spec: RunSpec) -> str:
             "entrypoint": spec.entrypoint,
             "limits": spec.limits.__dict__,
             "requirements": list(spec.requirements) if spec.requirements is not None else None,
+            "args": list(spec.args),
+            "env": spec.env,
+            "stdin": base64.b64encode(spec.stdin).decode() if spec.stdin is not None else None,
         }
     )
 
@@ -431,4 +457,7 @@ def _load_spec(text: str) -> RunSpec:
         entrypoint=raw["entrypoint"],
         limits=Limits(**raw["limits"]),
         requirements=tuple(raw["requirements"]) if raw["requirements"] is not None else None,
+        args=tuple(raw.get("args", ())),
+        env=raw.get("env", {}),
+        stdin=base64.b64decode(raw["stdin"]) if raw.get("stdin") is not None else None,
     )

@@ -13,7 +13,7 @@ import docker.errors
 
 from app.config import Settings
 
-from . import machine, scenarios
+from . import events, machine, scenarios
 from .client import ServiceClient
 from .distributed import distributed
 from .floor import Floor
@@ -72,21 +72,24 @@ def run(args: argparse.Namespace) -> Report:
             client.run()  # builds the client image on first use
             image = _floor_image(docker_client.api, service)
             floor = Floor(docker_client.api, image, service.instance)
-            bench = scenarios.Bench(
-                service=service,
-                docker=docker_client,
-                client=client,
-                floor=floor,
-                samples=samples,
-                warmups=warmups,
-                duration_s=duration_s,
-                levels=levels,
-            )
-            scenarios.latency(bench, report)
-            scenarios.first_byte(bench, report)
-            scenarios.cached_deps(bench, report, pkg_index)
-            scenarios.throughputs(bench, report)
-            scenarios.peak_rss(bench, report)
+            with events.EventLog(docker_client, service.instance) as log:
+                bench = scenarios.Bench(
+                    service=service,
+                    docker=docker_client,
+                    client=client,
+                    floor=floor,
+                    samples=samples,
+                    warmups=warmups,
+                    duration_s=duration_s,
+                    levels=levels,
+                    log=log,
+                )
+                scenarios.latency(bench, report)
+                scenarios.with_input(bench, report)
+                scenarios.first_byte(bench, report)
+                scenarios.cached_deps(bench, report, pkg_index)
+                scenarios.throughputs(bench, report)
+                scenarios.peak_rss(bench, report)
             if not args.no_distributed:
                 distributed(
                     report, client, samples=samples, warmups=warmups, duration_s=duration_s,

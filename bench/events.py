@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -25,6 +26,7 @@ class EventLog:
         self._stream: Any = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._lock = threading.Lock()
+        self._last = time.monotonic()  # when the engine last reported anything about these containers
 
     def __enter__(self) -> EventLog:
         self._stream = self._client.api.events(filters=self._filters, decode=True)
@@ -41,10 +43,24 @@ class EventLog:
                 action, cid = ev.get("Action", ""), ev.get("id", "")
                 attrs = ev.get("Actor", {}).get("Attributes", {})
                 with self._lock:
+                    self._last = time.monotonic()
                     self._times[cid].setdefault(action, ev["timeNano"] / 1e9)
                     self._kinds.setdefault(cid, "floor" if attrs.get("io.datapane.bench") == "floor" else "service")
         except Exception:  # the stream closes under us at exit
             pass
+
+    def wait_idle(self, quiet_s: float = 0.4, timeout_s: float = 30.0) -> None:
+        """Block until no container of the instance has changed for `quiet_s`: the pool is full and the engine idle.
+
+        A pool refill is create, start (each an event, ~150 ms apart at most here), then the agent's start-up.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                quiet = time.monotonic() - self._last
+            if quiet >= quiet_s:
+                return
+            time.sleep(quiet_s - quiet)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Median seconds of each step (create->start, start->die, die->destroy) per kind of container."""

@@ -108,10 +108,14 @@ def run_spec(
     requirements = requirements_of(files, fields.get("requirements"))
     if requirements is None:
         check_detected_count(files, installed)
+    stdin = fields.get("stdin")
     return RunSpec(
         client=client,
         files=files,
         entrypoint=choose_entrypoint(files, entrypoint),
         limits=resolve_limits(fields, settings),
         requirements=requirements,
+        args=tuple(fields.get("args", ())),
+        env=dict(fields.get("env", {})),
+        stdin=None if stdin is None else check_size("stdin", stdin.encode(), settings),
     )

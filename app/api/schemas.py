@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
@@ -32,6 +34,84 @@ class Code(fields.Field[str]):
         raise ValidationError("Must be a string or a list of strings (lines).")
 
 
+MAX_ARGS, MAX_ARG_CHARS = 64, 4096
+MAX_ENV, MAX_ENV_BYTES = 64, 32768
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_ENV = ("PYTHON", "LD_")  # prefixes that change how Python or the loader behave
+RESERVED_ENV_NAMES = ("PATH", "HOME")
+
+
+def no_nul(value: str) -> None:
+    if "\0" in value:
+        raise ValidationError("Must not contain a NUL character.")
+
+
+def check_env(env: dict[str, str]) -> None:
+    """The script's variables: plain names, none that steers Python or the loader, bounded in size."""
+    errors = {}
+    for name, value in env.items():
+        if not ENV_NAME.fullmatch(name):
+            errors[name] = ["Names are letters, digits and '_', not starting with a digit."]
+        elif name.startswith(RESERVED_ENV) or name in RESERVED_ENV_NAMES:
+            errors[name] = ["This variable changes how Python or the loader behave; it cannot be set."]
+        elif "\0" in value:
+            errors[name] = ["Must not contain a NUL character."]
+    if errors:
+        raise ValidationError(errors)
+    if sum(len(k.encode()) + len(v.encode()) for k, v in env.items()) > MAX_ENV_BYTES:
+        raise ValidationError(f"The variables take more than {MAX_ENV_BYTES} bytes in all.")
+
+
+class Encoded(fields.Field[Any]):
+    """A form field holding JSON, read with the field it stands for (multipart forms carry only text)."""
+
+    def __init__(self, inner: fields.Field[Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        try:
+            decoded = json.loads(value)
+        except (TypeError, ValueError) as e:
+            raise ValidationError("Must be JSON text.") from e
+        return self.inner.deserialize(decoded)
+
+
+def args_field() -> fields.List[str]:
+    return fields.List(
+        fields.String(validate=[validate.Length(max=MAX_ARG_CHARS), no_nul]),
+        validate=validate.Length(max=MAX_ARGS),
+        metadata={"description": f"The script's sys.argv[1:] (at most {MAX_ARGS}).", "example": ["--n", "3"]},
+    )
+
+
+def env_field() -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        validate=[validate.Length(max=MAX_ENV), check_env],
+        metadata={
+            "description": f"Environment variables of the script (at most {MAX_ENV}; PYTHON*, LD_*, PATH and HOME "
+            "are refused). Values are never logged or returned, and are dropped when the job ends.",
+            "example": {"GREETING": "hello"},
+        },
+    )
+
+
+def stdin_field() -> fields.String:
+    return fields.String(
+        metadata={"description": "Text given to the script's standard input (default: none, an immediate EOF)."}
+    )
+
+
+class InputSchema(Schema):
+    """What the script is given besides its files: stdin, arguments and variables."""
+
+    stdin = stdin_field()
+    args = args_field()
+    env = env_field()
+
+
 class LimitsSchema(Schema):
     timeout = fields.Float(validate=validate.Range(min=0.1), metadata={"description": "Wall-clock limit in seconds."})
     memory_mb = fields.Integer(
@@ -40,7 +120,7 @@ class LimitsSchema(Schema):
     cpus = fields.Float(validate=validate.Range(min=0.01), metadata={"description": "CPU limit in cores."})
 
 
-class RunJsonSchema(LimitsSchema):
+class RunJsonSchema(LimitsSchema, InputSchema):
     requirements = fields.List(
         fields.String(validate=validate.Length(min=1, max=200)),
         validate=validate.Length(max=50),
@@ -56,6 +136,9 @@ class RunJsonSchema(LimitsSchema):
 
 class RunFormSchema(LimitsSchema):
     client = client_field()
+    stdin = stdin_field()
+    args = Encoded(args_field(), metadata={"description": "A JSON list of strings: the script's sys.argv[1:]."})
+    env = Encoded(env_field(), metadata={"description": "A JSON object of the script's environment variables."})
     entrypoint = fields.String(
         metadata={"description": "Which uploaded file to run (default main.py or the only file)."}
     )
@@ -93,6 +176,11 @@ class JobSchema(Schema):
     build_log = fields.String()
     worker = fields.String(
         allow_none=True, metadata={"description": "Instance name (RUNNER_INSTANCE) of the process that ran the job."}
+    )
+    cpu_seconds = fields.Float(allow_none=True, metadata={"description": "CPU time the run's container used."})
+    peak_memory_bytes = fields.Integer(allow_none=True, metadata={"description": "Peak memory of the run's container."})
+    status_corrected = fields.Boolean(
+        metadata={"description": "The first answer came from the sandbox's own report; Docker's verdict replaced it."}
     )
 
 

@@ -78,6 +78,7 @@ class JobRunner:
             outcome = self._build_and_run(job, spec, token, progress, cleanup)
             job.finished_at = time.time()
             job.finish(outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
+            job.record_usage(outcome.usage)
         except BuildFailed as e:
             if token.cancelled:
                 job.finish(Status.CANCELLED, "The job was cancelled while its image was being built.")
@@ -141,10 +142,22 @@ class JobRunner:
         )
         cleanup.callback(self._pool.replenish, image_id)  # runs after the removal below
         cleanup.callback(run.remove)
+        cleanup.callback(self._confirm, run, job)  # after the answer, before the removal
         token.on_cancel(run.cancel)
         log.info("job %s of %s runs in container %s", job.id, spec.client, run.container_id[:12])
         job.started_at = time.time()
-        return run.execute(spec.files, spec.entrypoint, progress.output_chunk)
+        return run.execute(spec.program, progress.output_chunk)
+
+    def _confirm(self, run: Run, job: Job) -> None:
+        """Docker's verdict on a run answered from the agent's trailer; a different one replaces the record."""
+        try:
+            actual = run.confirm()
+            if actual is not None:
+                job.finish(actual.status, describe(actual, job), exit_code=actual.exit_code)
+                job.status_corrected = True
+                self._store.correct_result(job)
+        except Exception:
+            log.exception("could not confirm the result of job %s", job.id)
 
     def _requirements(self, spec: RunSpec, labels: dict[str, str]) -> tuple[str, ...]:
         """The explicit requirements, else the distributions of the third-party imports; canonical."""

@@ -1,32 +1,230 @@
-"""The agent: the first process of every run container (stdlib only; it runs inside the container).
+"""The agent: PID 1 of every run container and the supervisor of its one script (stdlib only; runs inside).
 
-It waits for one run on stdin (see sandbox.encode_payload: the entry point, the number of files, then
-each file as a "name size" line followed by its bytes), writes the files to the scratch tmpfs and runs
-the entry point in this same interpreter, so that a pre-started container has paid for Python's start-up
-before the run arrives. Each container serves exactly one run. It imports as little as it can (no json,
-base64 or traceback up front: each costs milliseconds of every container's start).
+A pre-started container runs this before its run arrives, so Python's start-up is paid ahead. It reads the run
+from stdin, writes the files, then forks: the child becomes the script (in this same, already started
+interpreter); the agent stays PID 1, feeds the child's stdin, forwards its stdout and stderr, and the moment the
+child exits sends a trailer with the exit status, then exits itself (which kills whatever the script left).
+
+Protocol (the service's side is container.encode_payload and container.AgentReader):
+- in, before the fork: a line with a number n, then n bytes of NUL-separated fields: the entry point; the number
+  of arguments and each one; the number of variables and each name and value; the number of files and each name
+  and size; the size of the script's stdin (-1: none, an immediate EOF). Then the files' bytes, in that order.
+- in, after the fork: a nonce of NONCE_SIZE bytes, then the stdin bytes. The child never saw either: it was
+  forked before they were read, and reads are exact (os.read on fd 0, no read-ahead into a buffer it inherits).
+- out, on stdout only: frames of a kind byte (b"1" stdout, b"2" stderr, b"T" trailer), a 4-byte big-endian
+  length and the data. The trailer is "<nonce> <exited|signaled> <code> <cpu_ns> <peak_bytes>".
+  The child holds only its pipes, never the agent's stdout, so it cannot write a frame; stderr (fd 2) carries
+  nothing but the agent's own failure before a run.
+
+Why the child cannot forge or suppress the trailer: it cannot signal PID 1 of its PID namespace (the kernel drops
+signals to a namespace's init from inside it unless init handles them, and the agent's one handler, SIGCHLD,
+only wakes its loop); the agent is non-dumpable, so the child (same uid, no capabilities) can neither ptrace it
+nor open /proc/1/fd or /proc/1/mem; and the trailer carries the nonce.
 """
 
 import os
+import select
+import signal
 import sys
+from typing import Any
+
+NONCE_SIZE = 32
+PR_SET_DUMPABLE = 4
+CHUNK = 65536
+DRAIN_LIMIT = 4 * CHUNK  # after the child's exit: what its pipes still hold, not a descendant's endless flood
 
 
 def main() -> None:
     workdir = sys.argv[1]
-    stdin = sys.stdin.buffer
-    entrypoint = stdin.readline().decode().strip()
-    for _ in range(int(stdin.readline())):
-        name, size = stdin.readline().decode().split()
+    set_dumpable(0)
+    handlers = ignore_signals()
+    fields = iter(read_exact(int(read_line())).decode().split("\0"))
+    entrypoint = next(fields)
+    args = [next(fields) for _ in range(int(next(fields)))]
+    env = {}
+    for _ in range(int(next(fields))):
+        name = next(fields)
+        env[name] = next(fields)
+    files = [(next(fields), int(next(fields))) for _ in range(int(next(fields)))]
+    stdin_size = int(next(fields))
+    for name, size in files:
         with open(os.path.join(workdir, name), "xb") as f:
-            f.write(stdin.read(int(size)))
+            f.write(read_exact(size))
+    os.mkdir(os.path.join(workdir, "out"))
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe() if stdin_size >= 0 else (os.open(os.devnull, os.O_RDONLY), -1)
+    go_r, go_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake select through the wakeup fd
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.read(go_r, 1)  # EOF once the agent has read all it was sent: nothing is left on fd 0 to steal
+        become_script(workdir, entrypoint, args, env, handlers, (in_r, out_w, err_w))
+        return  # the script ended normally: the interpreter exits as `python script.py` would
+    for fd in (out_w, err_w, in_r, go_r):
+        os.close(fd)
+    nonce = read_exact(NONCE_SIZE)
+    stdin = read_exact(stdin_size) if stdin_size > 0 else b""
+    os.close(go_w)
+    status = supervise(pid, {out_r: b"1", err_r: b"2"}, in_w, stdin, wake_r)
+    if os.WIFEXITED(status):
+        how, code = "exited", os.WEXITSTATUS(status)
+    else:
+        how, code = "signaled", 128 + os.WTERMSIG(status)
+    cpu_ns, peak = usage()
+    emit(b"T", f"{nonce.decode()} {how} {code} {cpu_ns} {peak}".encode())
+    os._exit(code)  # PID 1 exits: the kernel kills every process the script left behind
+
+
+def ignore_signals() -> dict[int, Any]:
+    """Ignore every signal that can be (gVisor delivers a script's signals to PID 1); return the handlers."""
+    handlers: dict[int, Any] = {}
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            try:
+                handlers[sig] = signal.signal(sig, signal.SIG_IGN)
+            except (OSError, ValueError):
+                continue
+    return handlers
+
+
+def become_script(
+    workdir: str, entrypoint: str, args: list[str], env: dict[str, str], handlers: dict[int, Any], fds: tuple[int, ...]
+) -> None:
+    """In the child: only its three pipes, Python's signal handlers, its variables, argv and folder; then run."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    set_dumpable(1)  # the script may read its own /proc/self; the agent stays closed
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    os.closerange(3, 65536)
+    os.environ.update(env)
     os.chdir(workdir)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    sys.stdin = open(os.devnull)  # noqa: SIM115  the script's stdin, open for its whole life
-    sys.argv = [entrypoint]
+    sys.argv = [entrypoint, *args]
     sys.path[0] = workdir
     run(os.path.join(workdir, entrypoint))
+
+
+def supervise(pid: int, readers: dict[int, bytes], in_w: int, stdin: bytes, wake_r: int) -> int:
+    """Forward the child's output and feed its stdin until it exits; return its wait status."""
+    for fd in (*readers, wake_r):
+        os.set_blocking(fd, False)
+    if in_w >= 0:
+        os.set_blocking(in_w, False)
+        if not stdin:
+            os.close(in_w)
+            in_w = -1
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            for fd, kind in readers.items():
+                drain(fd, kind)
+            return status
+        readable, writable, _ = select.select([*readers, wake_r], [in_w] if in_w >= 0 else [], [])
+        for fd in readable:
+            if fd == wake_r:
+                while len(os.read(wake_r, 512)) == 512:
+                    pass
+                continue
+            data = os.read(fd, CHUNK)
+            if data:
+                emit(readers[fd], data)
+            else:
+                del readers[fd]
+                os.close(fd)
+        if writable:
+            try:
+                stdin = stdin[os.write(in_w, stdin[:CHUNK]) :]
+            except (BrokenPipeError, BlockingIOError) as e:
+                stdin = b"" if isinstance(e, BrokenPipeError) else stdin
+            if not stdin:
+                os.close(in_w)
+                in_w = -1
+
+
+def drain(fd: int, kind: bytes) -> None:
+    """What the exited child left in a pipe, without waiting for a descendant that still holds it."""
+    left = DRAIN_LIMIT
+    while left > 0:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        emit(kind, data)
+        left -= len(data)
+
+
+def emit(kind: bytes, data: bytes) -> None:
+    frame = kind + len(data).to_bytes(4, "big") + data
+    while frame:
+        frame = frame[os.write(1, frame) :]
+
+
+def usage() -> tuple[int, int]:
+    """CPU nanoseconds and peak memory bytes of the whole container, from its cgroup (v2, else v1)."""
+    cpu_ns = first_number(
+        ("/sys/fs/cgroup/cpu.stat", "usage_usec ", 1000), ("/sys/fs/cgroup/cpuacct/cpuacct.usage", "", 1)
+    )
+    peak = first_number(
+        ("/sys/fs/cgroup/memory.peak", "", 1), ("/sys/fs/cgroup/memory/memory.max_usage_in_bytes", "", 1)
+    )
+    if cpu_ns < 0 or peak < 0:  # no cgroup files (gVisor): what the kernel counted for the reaped script
+        import resource
+
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_ns = cpu_ns if cpu_ns >= 0 else int((children.ru_utime + children.ru_stime) * 1e9)
+        peak = peak if peak >= 0 else children.ru_maxrss * 1024
+    return cpu_ns, peak
+
+
+def first_number(*sources: tuple[str, str, int]) -> int:
+    """The number on the first line starting with `prefix` in the first readable (path, prefix, scale)."""
+    for path, prefix, scale in sources:
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(prefix):
+                        return int(line.split()[-1]) * scale
+        except (OSError, ValueError):
+            continue
+    return -1
+
+
+def set_dumpable(flag: int) -> None:
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, flag, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+
+
+def read_exact(n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        data = os.read(0, min(n, 1 << 20))
+        if not data:
+            raise EOFError("the run's payload ended early")
+        chunks.append(data)
+        n -= len(data)
+    return b"".join(chunks)
+
+
+def read_line() -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        data = os.read(0, 1)
+        if not data:
+            raise EOFError("no run arrived")
+        line += data
+    return line
 
 
 def run(path: str) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hmac
 import logging
+import secrets
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -19,7 +21,9 @@ import docker.errors
 from docker.utils.socket import frames_iter
 
 from app.errors import SandboxError
-from app.models import Limits, RunOutcome
+from app.models import Limits, Program, RunOutcome, Usage
+from app.sandbox.agent import CHUNK as AGENT_CHUNK
+from app.sandbox.agent import NONCE_SIZE
 from app.sandbox.docker_gateway import DOCKER_ERRORS, close_socket, translated
 
 log = logging.getLogger(__name__)
@@ -85,12 +89,74 @@ def container_labels(instance: str, **extra: str) -> dict[str, str]:
     return {LABEL: "1", f"{LABEL}.instance": instance, **{f"{LABEL}.{k}": v for k, v in extra.items()}}
 
 
-def encode_payload(files: dict[str, bytes], entrypoint: str) -> bytes:
-    """The message the agent reads from stdin. Names are safe (no whitespace: see check_file_name)."""
-    parts = [f"{entrypoint}\n{len(files)}\n".encode()]
-    for name, data in files.items():
-        parts += [f"{name} {len(data)}\n".encode(), data]
-    return b"".join(parts)
+def encode_payload(program: Program, nonce: bytes) -> bytes:
+    """The message the agent reads from stdin (see agent.py). Fields hold no NUL (the request schemas refuse it)."""
+    fields = [program.entrypoint, str(len(program.args)), *program.args, str(len(program.env))]
+    for name, value in program.env.items():
+        fields += [name, value]
+    fields.append(str(len(program.files)))
+    for name, data in program.files.items():
+        fields += [name, str(len(data))]
+    fields.append(str(-1 if program.stdin is None else len(program.stdin)))
+    header = "\0".join(fields).encode()
+    return b"".join([b"%d\n" % len(header), header, *program.files.values(), nonce, program.stdin or b""])
+
+
+@dataclass(frozen=True)
+class Trailer:
+    """The agent's report of how the script ended, sent the moment it did."""
+
+    exited: bool  # False: killed by a signal (code is 128 + the signal, as Docker would say)
+    code: int
+    usage: Usage
+
+
+class AgentReader:
+    """Splits the agent's stdout into its frames (kind, data), whatever Docker's chunks are.
+
+    A stream that breaks the framing (under gVisor a script can write to the agent's stdout) is `broken` from
+    there on: the rest passes as plain stdout, bounded like any output, and no trailer is read from it.
+    """
+
+    KINDS = (b"1", b"2", b"T")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.broken = False
+
+    def feed(self, data: bytes) -> Iterator[tuple[bytes, bytes]]:
+        if self.broken:
+            yield b"1", data
+            return
+        self._buffer += data
+        start = 0
+        while len(self._buffer) - start >= 5:
+            kind = bytes(self._buffer[start : start + 1])
+            size = int.from_bytes(self._buffer[start + 1 : start + 5], "big")
+            if kind not in self.KINDS or size > AGENT_CHUNK:
+                self.broken = True
+                yield b"1", bytes(self._buffer[start:])
+                self._buffer.clear()
+                return
+            end = start + 5 + size
+            if len(self._buffer) < end:
+                break
+            yield kind, bytes(self._buffer[start + 5 : end])
+            start = end
+        del self._buffer[:start]
+
+
+def parse_trailer(data: bytes, nonce: bytes) -> Trailer | None:
+    """The trailer, if it carries this run's nonce and is well formed."""
+    parts = data.split()
+    if len(parts) != 5 or not hmac.compare_digest(parts[0], nonce) or parts[1] not in (b"exited", b"signaled"):
+        return None
+    try:
+        code, cpu_ns, peak = int(parts[2]), int(parts[3]), int(parts[4])
+    except ValueError:
+        return None
+    usage = Usage(cpu_seconds=cpu_ns / 1e9 if cpu_ns >= 0 else None, peak_memory_bytes=peak if peak >= 0 else None)
+    return Trailer(exited=parts[1] == b"exited", code=code, usage=usage)
 
 
 class Run:
@@ -107,6 +173,7 @@ class Run:
         self._sock = None
         self._killed_for_output = False
         self._cancelled = threading.Event()
+        self._reported: RunOutcome | None = None  # the outcome the agent's trailer gave, before Docker confirmed
         with translated(SandboxError, "Docker could not create the container"):
             self.container_id: str = self._api.create_container(
                 image,
@@ -148,51 +215,103 @@ class Run:
                 raise SandboxError(f"Docker could not start the container: {e}") from e
             self._sock = sock
 
-    def execute(self, files: dict[str, bytes], entrypoint: str, sink: OutputSink) -> RunOutcome:
-        """Hand the started container its files, forward its output to `sink` until it exits, judge it."""
+    def execute(self, program: Program, sink: OutputSink) -> RunOutcome:
+        """Hand the started container its program, forward its output to `sink` until it ends, judge it.
+
+        The agent's trailer answers the moment the script exits normally; a script killed by a signal (the OOM
+        killer among them) or a container that died without a trailer is judged by Docker, as is every run
+        later in `confirm`.
+        """
         self.start()
         sock = self._sock
         if sock is None:
             return RunOutcome.cancelled_before_start()
+        nonce = secrets.token_hex(NONCE_SIZE // 2).encode()
         watchdog = threading.Timer(self._limits.timeout_s, self._on_timeout)
         watchdog.daemon = True
         watchdog.start()
         try:
             with translated(SandboxError, "Docker failed during the run"):
                 with contextlib.suppress(OSError):  # the container may already be gone; Docker says how it ended
-                    _send_all(sock, encode_payload(files, entrypoint))
-                self._forward(sock, sink)
-                return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"])
+                    _send_all(sock, encode_payload(program, nonce))
+                trailer = self._forward(sock, sink, nonce)
+                if trailer is not None and trailer.exited:
+                    self._reported = self._outcome(trailer.code, oom=False, usage=trailer.usage)
+                    return self._reported
+                return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"], trailer)
         finally:
             watchdog.cancel()
             close_socket(sock)
 
-    def _forward(self, sock: Any, sink: OutputSink) -> None:
-        budget = self._policy.max_output_bytes
-        for stream, data in frames_iter(sock, tty=False):
-            kept = data[: max(budget, 0)]
-            if kept:
-                budget -= len(kept)
-                sink(stream, kept)
-            if len(kept) < len(data) and not self._killed_for_output:
-                self._killed_for_output = True
-                # Kill from another thread: Docker waits for the output to drain before the kill returns.
-                threading.Thread(target=self.kill, daemon=True).start()
+    def confirm(self) -> RunOutcome | None:
+        """After an answer from the trailer: Docker's verdict when it differs (a security warning), else None."""
+        reported = self._reported
+        if reported is None:
+            return None
+        try:
+            exit_code = self._api.wait(self.container_id, timeout=10)["StatusCode"]
+            actual = dataclasses.replace(reported, exit_code=exit_code, oom_killed=self._oom_killed(exit_code))
+        except DOCKER_ERRORS:
+            log.warning("could not confirm the exit of container %s with Docker", self.container_id[:12], exc_info=True)
+            return None
+        if actual.exit_code == reported.exit_code and actual.status is reported.status:
+            return None
+        log.warning(
+            "security: container %s: the agent reported exit code %s (%s), Docker says %s (%s); recording Docker's",
+            self.container_id[:12], reported.exit_code, reported.status.value, actual.exit_code, actual.status.value,
+        )  # fmt: skip
+        return actual
 
-    def _judge(self, exit_code: int) -> RunOutcome:
+    def _forward(self, sock: Any, sink: OutputSink, nonce: bytes) -> Trailer | None:
+        """Forward the script's output until the agent's trailer (returned) or the end of the stream (None)."""
+        budget = self._policy.max_output_bytes
+        reader = AgentReader()
+        warned = False
+        for stream, data in frames_iter(sock, tty=False):
+            # Docker's stderr is the agent's own (a failure before the run); its stdout carries framed output.
+            frames = [(b"2", data)] if stream == 2 else reader.feed(data)
+            for kind, chunk in frames:
+                if kind == b"T":
+                    trailer = parse_trailer(chunk, nonce)
+                    if trailer is not None:
+                        return trailer
+                    log.warning("security: container %s sent a trailer that is not its agent's", self.container_id)
+                    continue
+                if reader.broken and not warned:
+                    warned = True
+                    log.warning("security: container %s broke its agent's framing", self.container_id)
+                kept = chunk[: max(budget, 0)]
+                if kept:
+                    budget -= len(kept)
+                    sink(2 if kind == b"2" else 1, kept)
+                if len(kept) < len(chunk) and not self._killed_for_output:
+                    self._killed_for_output = True
+                    # Kill from another thread: Docker waits for the output to drain before the kill returns.
+                    threading.Thread(target=self.kill, daemon=True).start()
+        return None
+
+    def _judge(self, exit_code: int, trailer: Trailer | None) -> RunOutcome:
+        usage = trailer.usage if trailer is not None else None
+        return self._outcome(exit_code, oom=self._oom_killed(exit_code), usage=usage)
+
+    def _oom_killed(self, exit_code: int) -> bool:
         # A clean exit needs no second look; any other one may be the kernel's OOM killer.
-        oom = exit_code != 0 and bool(self._api.inspect_container(self.container_id)["State"].get("OOMKilled"))
+        return exit_code != 0 and bool(self._api.inspect_container(self.container_id)["State"].get("OOMKilled"))
+
+    def _outcome(self, exit_code: int, *, oom: bool, usage: Usage | None) -> RunOutcome:
         return RunOutcome(
             exit_code=exit_code,
             oom_killed=oom,
             timed_out=self._timed_out.is_set(),
             output_truncated=self._killed_for_output,
             cancelled=self._cancelled.is_set(),
+            usage=usage,
         )
 
     def _on_timeout(self) -> None:
-        self._timed_out.set()
-        self.kill()
+        if self._reported is None:  # the script had not ended
+            self._timed_out.set()
+            self.kill()
 
     def cancel(self) -> None:
         """Stop the run at once (or keep it from starting); its outcome says cancelled."""
@@ -201,6 +320,8 @@ class Run:
         self.kill()
 
     def kill(self) -> None:
+        if self._reported is not None:  # the script has ended and its agent is exiting: nothing to stop
+            return
         with contextlib.suppress(*DOCKER_ERRORS):  # already stopped or gone
             self._api.kill(self.container_id)
 

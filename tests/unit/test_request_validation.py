@@ -153,3 +153,45 @@ def test_healthz_is_503_json_without_the_base_image(make_app) -> None:
     assert r.status_code == 503
     assert r.json["status"] == "unavailable"
     assert r.json["base_image_present"] is False
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"env": {"PYTHONPATH": "/tmp"}}, "env"),
+        ({"env": {"PYTHONSTARTUP": "x"}}, "env"),
+        ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, "env"),
+        ({"env": {"PATH": "/tmp"}}, "env"),
+        ({"env": {"HOME": "/"}}, "env"),
+        ({"env": {"1ABC": "x"}}, "env"),
+        ({"env": {"A-B": "x"}}, "env"),
+        ({"env": {"A": "x\u0000y"}}, "env"),
+        ({"env": {f"V{i}": "x" for i in range(65)}}, "env"),
+        ({"env": {"BIG": "x" * 40_000}}, "env"),
+        ({"env": {"A": 1}}, "env"),
+        ({"env": ["A=1"]}, "env"),
+        ({"args": ["x"] * 65}, "args"),
+        ({"args": ["x" * 4097]}, "args"),
+        ({"args": ["a\u0000b"]}, "args"),
+        ({"args": "--flag"}, "args"),
+        ({"stdin": ["not", "text"]}, "stdin"),
+    ],
+)
+def test_bad_stdin_args_and_env_are_400_naming_the_field(api: Api, fields: dict[str, Any], field: str) -> None:
+    err = assert_error(api.run_json("print(1)", **fields), 400, "validation_failed")
+    assert field in err["details"]
+    assert "/tmp/x.so" not in str(err)  # values may be secrets: never echoed
+    assert no_jobs_recorded(api)
+
+
+def test_form_fields_args_and_env_must_be_json(api: Api) -> None:
+    err = assert_error(post_files(api, [(b"print(1)", "main.py")], args="--flag"), 400, "validation_failed")
+    assert "args" in err["details"]
+    err = assert_error(post_files(api, [(b"print(1)", "main.py")], env='{"LD_PRELOAD": "x"}'), 400, "validation_failed")
+    assert "env" in err["details"]
+
+
+def test_oversized_stdin_is_413(make_app) -> None:
+    api = Api(make_app(max_file_bytes=1000))
+    assert_error(api.run_json("print(1)", stdin="x" * 1001), 413, "payload_too_large")
+    assert no_jobs_recorded(api)

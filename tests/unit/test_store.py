@@ -57,6 +57,8 @@ def test_a_saved_job_reads_back_field_for_field(store: Store) -> None:
         output=b"\x00\x01out",
         build_log="Collecting six\n",
         message="The run used more than 512 MiB.",
+        cpu_seconds=0.25,
+        peak_memory_bytes=3 * 2**31,  # beyond 32 bits
     )
     store.save_job(saved)
     got = store.get_job("j1")
@@ -195,6 +197,9 @@ SPEC = RunSpec(
     entrypoint="main.py",
     limits=LIMITS,
     requirements=("six==1.16.0",),
+    args=("--n", "3"),
+    env={"TOKEN": "secret"},
+    stdin=b"\xff input",
 )
 
 
@@ -294,3 +299,17 @@ def test_the_queue_view_shows_each_waiting_clients_oldest_job_running_counts_and
         "b1",
         None,
     )
+
+
+def test_a_corrected_result_replaces_the_verdict_and_says_so(store: Store) -> None:
+    done = job("j1")
+    done.exit_code, done.stdout = 0, b"out"
+    store.save_job(done)
+    assert store.get_job("j1").status_corrected is False  # type: ignore[union-attr]
+    done.finish(Status.FAILED, "The script exited with code 3.", exit_code=3)
+    assert store.correct_result(done)
+    got = store.get_job("j1")
+    assert got is not None
+    assert (got.status, got.exit_code, got.status_corrected, got.stdout) == (Status.FAILED, 3, True, b"out")
+    store.delete_job("j1")
+    assert not store.correct_result(done)  # a deleted job stays deleted
