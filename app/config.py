@@ -47,6 +47,10 @@ class Settings:
     pids_limit: int = _setting("RUNNER_PIDS_LIMIT", 64, "Processes and threads a run may have.")
     tmpfs_mb: int = _setting("RUNNER_TMPFS_MB", 64, "Size of each writable scratch tmpfs (/sandbox, /tmp), in MiB.")
     max_output_bytes: int = _setting("RUNNER_MAX_OUTPUT_BYTES", 1_048_576, "Output kept per run; more kills the run.")
+    max_artifacts: int = _setting("RUNNER_MAX_ARTIFACTS", 20, "Most output files (/sandbox/out) kept per run.")
+    max_artifact_bytes: int = _setting(
+        "RUNNER_MAX_ARTIFACT_BYTES", 20_971_520, "Bytes of output files kept per run, in all; more are left out."
+    )
     max_file_bytes: int = _setting("RUNNER_MAX_FILE_BYTES", 1_048_576, "Largest uploaded file or JSON `code`.")
     max_files: int = _setting("RUNNER_MAX_FILES", 20, "Most files in one request.")
     max_body_bytes: int = _setting("RUNNER_MAX_BODY_BYTES", 8_388_608, "Largest request body (413 above).")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import mimetypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +82,21 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """A file the script left in /sandbox/out, as the job lists it (its bytes are stored apart)."""
+
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+
+    @classmethod
+    def of(cls, name: str, data: bytes) -> Artifact:
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return cls(name, len(data), hashlib.sha256(data).hexdigest(), content_type)
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     """What Docker says about a finished container (never what the script printed)."""
 
@@ -89,6 +106,8 @@ class RunOutcome:
     output_truncated: bool
     cancelled: bool = False
     usage: Usage | None = None
+    artifacts: tuple[tuple[Artifact, bytes], ...] = ()
+    left_out: tuple[str, ...] = ()  # output files not kept, each "name: why"
 
     @classmethod
     def cancelled_before_start(cls) -> RunOutcome:
@@ -129,6 +148,7 @@ class Job:
     cpu_seconds: float | None = None
     peak_memory_bytes: int | None = None
     status_corrected: bool = False  # the answer came from the agent's trailer; Docker's verdict, recorded, differed
+    artifacts: list[Artifact] = field(default_factory=list)
 
     def finish(self, status: Status, message: str, exit_code: int | None = None) -> None:
         """Mark the job ended."""

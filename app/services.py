@@ -46,6 +46,8 @@ class Services:
             pids_limit=settings.pids_limit,
             tmpfs_mb=settings.tmpfs_mb,
             max_output_bytes=settings.max_output_bytes,
+            max_artifacts=settings.max_artifacts,
+            max_artifact_bytes=settings.max_artifact_bytes,
             instance=settings.instance,
             runtime=settings.runtime,
         )

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from app.models import Job, Limits, RunSpec, Status
+from app.models import Artifact, Job, Limits, RunSpec, Status
 
 T = TypeVar("T")
 metadata = sa.MetaData()
@@ -44,10 +44,18 @@ jobs = sa.Table(
     sa.Column("cpu_seconds", sa.Float),
     sa.Column("peak_memory_bytes", sa.BigInteger),
     sa.Column("status_corrected", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("artifacts", sa.Text, nullable=False, server_default="[]"),  # JSON: name, size, sha256, content_type
     sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
     sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
     sa.Index("jobs_by_finish", "finished_at"),
     sa.Index("jobs_by_status", "status"),
+)
+artifacts = sa.Table(  # the bytes of jobs' output files; deleted with their job
+    "artifacts",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )
 images = sa.Table(
     "images",
@@ -89,7 +97,13 @@ def _v2_usage(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN status_corrected BOOLEAN NOT NULL DEFAULT {false}"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned, _v2_usage]
+def _v3_artifacts(conn: Connection) -> None:
+    """Jobs gain their output files: a list on the job, the bytes in a table of their own."""
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN artifacts TEXT NOT NULL DEFAULT '[]'"))
+    metadata.create_all(conn, tables=[artifacts])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned, _v2_usage, _v3_artifacts]
 """MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
 VERSION = len(MIGRATIONS)
 
@@ -207,6 +221,24 @@ class Store:
 
     def delete_job(self, job_id: str) -> None:
         self._run(sa.delete(jobs).where(jobs.c.id == job_id))
+        self._run(sa.delete(artifacts).where(artifacts.c.job_id == job_id))
+
+    def save_artifacts(self, job_id: str, files: Iterable[tuple[Artifact, bytes]]) -> None:
+        """Store the bytes of a job's output files (listed on the job itself when its result is saved)."""
+        rows = [{"job_id": job_id, "name": a.name, "data": data} for a, data in files]
+        if rows:
+            self._run(sa.insert(artifacts), rows)  # type: ignore[arg-type]
+
+    def get_artifact(self, job_id: str, name: str) -> bytes | None:
+        query = sa.select(artifacts.c.data).where(artifacts.c.job_id == job_id, artifacts.c.name == name)
+        rows = self._rows(query)
+        return bytes(rows[0][0]) if rows else None
+
+    def _purge_orphan_artifacts(self, purged: int) -> int:
+        """After jobs were deleted: the output files whose job is gone (also any a deleted running job left)."""
+        if purged:
+            self._run(sa.delete(artifacts).where(artifacts.c.job_id.not_in(sa.select(jobs.c.id))))
+        return purged
 
     def unfinished_jobs(self, worker: str | None = None) -> list[Job]:
         """Jobs that are queued or running according to the store (running on `worker`, if given)."""
@@ -285,7 +317,7 @@ class Store:
 
     def purge_finished_before(self, cutoff: float) -> int:
         """Delete finished jobs that ended before `cutoff`; return how many."""
-        return self._run(self._purge, {"b_cut": cutoff})
+        return self._purge_orphan_artifacts(self._run(self._purge, {"b_cut": cutoff}))
 
     def purge_beyond(self, client: str, keep: int) -> int:
         """Delete the client's finished jobs beyond its `keep` newest; return how many."""
@@ -293,7 +325,7 @@ class Store:
             sa.select(jobs.c.id).where(jobs.c.client == client).order_by(jobs.c.created_at.desc()).limit(keep)
         ).scalar_subquery()
         stmt = sa.delete(jobs).where(jobs.c.client == client, jobs.c.finished_at.is_not(None), jobs.c.id.not_in(newest))
-        return self._run(stmt)
+        return self._purge_orphan_artifacts(self._run(stmt))
 
     # client images, per Docker engine
     def touch_image(self, engine: str, tag: str, when: float) -> None:
@@ -422,6 +454,7 @@ def _job_values(job: Job) -> dict[str, Any]:
         "cpu_seconds": job.cpu_seconds,
         "peak_memory_bytes": job.peak_memory_bytes,
         "status_corrected": job.status_corrected,
+        "artifacts": json.dumps([a.__dict__ for a in job.artifacts]),
     }
 
 
@@ -431,6 +464,7 @@ def _job(row: Iterable[Any]) -> Job:
     values["limits"] = Limits(**json.loads(values["limits"]))
     for blob in ("stdout", "stderr", "output"):
         values[blob] = bytes(values[blob])
+    values["artifacts"] = [Artifact(**a) for a in json.loads(values["artifacts"])]
     return Job(**values)
 
 

@@ -59,7 +59,8 @@ def _layout(root: Path, wheels: list[tuple[str, Path]]) -> None:
 class PackageIndex:
     """A PEP 503 index on 127.0.0.1 of (dist, version, module, source) packages; counts wheel downloads.
 
-    `big` gives some distributions a payload of that many MiB; pages of `slow` distributions answer after 60 s.
+    `big` gives some distributions a payload of that many MiB; pages of `slow` distributions answer after 60 s;
+    `wheels` are real wheel files served as they are (named by their file names).
     """
 
     def __init__(
@@ -68,11 +69,13 @@ class PackageIndex:
         packages: list[tuple[str, str, str, str]],
         big: dict[str, int] | None = None,
         slow: Iterable[str] = (),
+        wheels: Iterable[Path] = (),
     ) -> None:
         build = root / "build"
         build.mkdir(parents=True, exist_ok=True)
         big = big or {}
-        _layout(root / "www", [(d, make_wheel(build, d, v, m, s, big.get(d, 0))) for d, v, m, s in packages])
+        made = [(d, make_wheel(build, d, v, m, s, big.get(d, 0))) for d, v, m, s in packages]
+        _layout(root / "www", made + [(w.name.split("-")[0], w) for w in wheels])
         slow_paths = tuple(f"/simple/{canonicalize_name(name)}/" for name in slow)
         index = self
         self.downloads = 0
@@ -106,8 +109,12 @@ class PackageIndex:
 
 @contextmanager
 def serve_index(
-    root: Path, packages: list[tuple[str, str, str, str]], big: dict[str, int] | None = None, slow: Iterable[str] = ()
+    root: Path,
+    packages: list[tuple[str, str, str, str]],
+    big: dict[str, int] | None = None,
+    slow: Iterable[str] = (),
+    wheels: Iterable[Path] = (),
 ) -> Iterator[str]:
     """Serve packages as PackageIndex does; yields the index URL for PIP_INDEX_URL."""
-    with PackageIndex(root, packages, big, slow) as index:
+    with PackageIndex(root, packages, big, slow, wheels) as index:
         yield index.url

@@ -16,6 +16,7 @@ ROUTES: list[tuple[str, RouteCallable, list[str]]] = [
     ("/run-file", run_routes.run_file, ["POST"]),
     ("/status/<job_id>", job_routes.job_status, ["GET"]),
     ("/status/<job_id>/output", job_routes.job_output, ["GET"]),
+    ("/status/<job_id>/artifacts/<name>", job_routes.job_artifact, ["GET"]),
     ("/jobs", job_routes.list_jobs, ["GET"]),
     ("/jobs/<job_id>", job_routes.delete_job, ["DELETE"]),
     ("/healthz", meta_routes.healthz, ["GET"]),

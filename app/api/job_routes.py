@@ -24,6 +24,32 @@ def job_status(job_id: str) -> Response:
     return jsonify(job_schema.dump(services().jobs.get(job_id, g.client)))
 
 
+def job_artifact(job_id: str, name: str) -> Response:
+    """One output file of a job, as a download.
+
+    ---
+    get:
+      summary: An output file of one of your jobs (404 for anyone else's)
+      parameters:
+      - {in: path, name: job_id, required: true, schema: {type: string}}
+      - {in: path, name: name, required: true, schema: {type: string}}
+      responses:
+        200:
+          description: The file, as an attachment
+          content: {application/octet-stream: {schema: {type: string, format: binary}}}
+        401: {$ref: "#/components/responses/Error"}
+        404: {$ref: "#/components/responses/Error"}
+    """
+    jobs = services().jobs
+    artifact, data = jobs.artifact(jobs.get(job_id, g.client), name)
+    response = Response(data, mimetype=artifact.content_type)
+    # A client's file is never rendered in the service's origin: a download, not sniffed, and sandboxed if opened.
+    response.headers["Content-Disposition"] = f'attachment; filename="{artifact.name}"'
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox"
+    return response
+
+
 def job_output(job_id: str) -> Response:
     """A job's output as text, live while it runs.
 

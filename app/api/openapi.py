@@ -15,6 +15,7 @@ DOCUMENTED_SCHEMAS = (
     "RunJsonSchema",
     "RunFileSchema",
     "JobSchema",
+    "ArtifactSchema",
     "AcceptedSchema",
     "JobListSchema",
     "DeletedSchema",

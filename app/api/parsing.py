@@ -13,11 +13,11 @@ from app.config import Settings
 from app.errors import PayloadTooLarge, ValidationFailed
 from app.images.deps import REQUIREMENTS_FILE, check_detected_count, parse_requirements
 from app.models import RunSpec
+from app.sandbox.agent import OUT_DIR
 from app.sandbox.limits import resolve_limits
 
-ALLOWED_SUFFIXES = (".py",)
-ALLOWED_NAMES = (REQUIREMENTS_FILE,)
 MAX_NAME_LENGTH = 100
+RESERVED_NAMES = (OUT_DIR,)  # the folder the agent makes for the script's output files
 
 
 def load(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def load(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_file_name(name: str | None) -> str:
-    """The name as sent, if it is safe and a .py file. :raises ValidationFailed: otherwise."""
+    """The name as sent, if it is safe: no path, no odd character. :raises ValidationFailed: otherwise."""
     if not name:
         raise ValidationFailed("Every file needs a name.")
     if len(name) > MAX_NAME_LENGTH:
@@ -40,8 +40,16 @@ def check_file_name(name: str | None) -> str:
             f"File name {name!r} is not allowed: use only letters, digits, '_', '-' and '.', with no path.",
             details={"name": name, "suggestion": safe or None},
         )
-    if not name.endswith(ALLOWED_SUFFIXES) and name not in ALLOWED_NAMES:
-        raise ValidationFailed(f"File {name!r} is not accepted: only .py files and {REQUIREMENTS_FILE} are.")
+    if name in RESERVED_NAMES:
+        raise ValidationFailed(f"File name {name!r} is reserved: the script's output files go in that folder.")
+    return name
+
+
+def check_script_name(name: str | None) -> str:
+    """A file name that is safe and a .py file (what runs). :raises ValidationFailed: otherwise."""
+    name = check_file_name(name)
+    if not name.endswith(".py"):
+        raise ValidationFailed(f"{name!r} cannot run: the script to run must be a .py file.")
     return name
 
 
@@ -70,7 +78,11 @@ def check_size(name: str, data: bytes, settings: Settings) -> bytes:
 def choose_entrypoint(files: Mapping[str, bytes], requested: str | None) -> str:
     """The requested file, else main.py, else the only .py file."""
     scripts = [name for name in files if name.endswith(".py")]
+    if not scripts:
+        raise ValidationFailed("No .py file was sent: data files need a script.", details={"files": sorted(files)})
     if requested is not None:
+        if requested in files and requested not in scripts:
+            raise ValidationFailed(f"entrypoint {requested!r} cannot run: it must be a .py file.")
         if requested not in scripts:
             raise ValidationFailed(
                 f"entrypoint {requested!r} is not one of the uploaded files.", details={"files": sorted(files)}

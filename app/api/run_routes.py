@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from flask import Response, jsonify, request, url_for
 
 from app.api.auth import client_for
-from app.api.parsing import check_file_name, check_size, load, read_uploads, run_spec
+from app.api.parsing import check_script_name, check_size, load, read_uploads, run_spec
 from app.api.schemas import RunFormSchema, RunJsonSchema, job_schema
 from app.errors import UnsupportedMediaType, ValidationFailed
 from app.jobs.service import JobService
@@ -51,7 +51,7 @@ def run_json() -> Response:
         raise ValidationFailed("The body must be a JSON object.")
     fields = load(RunJsonSchema(), body)
     svc = services()
-    name = check_file_name(fields["script_name"])
+    name = check_script_name(fields["script_name"])
     files = {name: check_size(name, fields["code"].encode(), svc.settings)}
     client = client_for(fields.get("client"))
     return _start(run_spec(client, files, name, fields, svc.settings, svc.client_images.known_installed()))
@@ -62,7 +62,7 @@ def run_file() -> Response:
 
     ---
     post:
-      summary: Run uploaded .py files
+      summary: Run uploaded files (.py scripts and data files)
       parameters:
       - {in: query, name: async, schema: {type: boolean}, description: Answer 202 at once and run in the background.}
       requestBody:

@@ -6,10 +6,11 @@ import json
 import re
 from typing import Any
 
+from flask import url_for
 from marshmallow import Schema, ValidationError, fields, validate
 
 from app.clients import NAME, NAME_MAX_LENGTH, NAME_RULE
-from app.models import Status
+from app.models import Job, Status
 
 
 def client_field(**kwargs: Any) -> fields.String:
@@ -160,6 +161,21 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorDetailSchema, required=True)
 
 
+class ArtifactSchema(Schema):
+    name = fields.String()
+    size = fields.Integer()
+    sha256 = fields.String()
+    content_type = fields.String()
+    url = fields.String(metadata={"description": "Where its owner downloads it."})
+
+
+def dump_artifacts(job: Job) -> list[dict[str, Any]]:
+    return [
+        {**artifact.__dict__, "url": url_for("api.job_artifact", job_id=job.id, name=artifact.name)}
+        for artifact in job.artifacts
+    ]
+
+
 class JobSchema(Schema):
     job_id = fields.String(attribute="id")
     client = fields.String()
@@ -179,6 +195,14 @@ class JobSchema(Schema):
     )
     cpu_seconds = fields.Float(allow_none=True, metadata={"description": "CPU time the run's container used."})
     peak_memory_bytes = fields.Integer(allow_none=True, metadata={"description": "Peak memory of the run's container."})
+    artifacts = fields.Function(
+        dump_artifacts,
+        metadata={
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Artifact"},
+            "description": "Files the script wrote to /sandbox/out (regular files directly in it).",
+        },
+    )
     status_corrected = fields.Boolean(
         metadata={"description": "The first answer came from the sandbox's own report; Docker's verdict replaced it."}
     )

@@ -79,6 +79,7 @@ class JobRunner:
             job.finished_at = time.time()
             job.finish(outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
             job.record_usage(outcome.usage)
+            self._keep_artifacts(job, outcome)
         except BuildFailed as e:
             if token.cancelled:
                 job.finish(Status.CANCELLED, "The job was cancelled while its image was being built.")
@@ -93,6 +94,13 @@ class JobRunner:
             job.stdout, job.stderr, job.output = progress.stdout, progress.stderr, progress.output
             job.build_log = progress.build_log
             self._record(job)
+
+    def _keep_artifacts(self, job: Job, outcome: RunOutcome) -> None:
+        """Store the run's output files with the job, and say in its message which were left out."""
+        self._store.save_artifacts(job.id, outcome.artifacts)
+        job.artifacts = [artifact for artifact, _ in outcome.artifacts]
+        if outcome.left_out:
+            job.message += " Output files left out: " + "; ".join(outcome.left_out) + "."
 
     def _record(self, job: Job) -> None:
         """Save the final record, retrying while the store does not answer (a database restart).

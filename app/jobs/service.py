@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from app.errors import NotFound
 from app.jobs.executor import JobExecutor
 from app.jobs.outputs import OutputBus
-from app.models import Job, RunSpec, Status
+from app.models import Artifact, Job, RunSpec, Status
 from app.store import Store
 
 INTERRUPTED = "The service stopped before this job ended; submit it again."
@@ -58,6 +58,14 @@ class JobService:
         if job is None:
             raise NotFound(f"No job {job_id!r} for this client.")
         return job
+
+    def artifact(self, job: Job, name: str) -> tuple[Artifact, bytes]:
+        """One of the job's output files and its bytes. :raises NotFound: the job has none by that name."""
+        listed = next((a for a in job.artifacts if a.name == name), None)
+        data = self._store.get_artifact(job.id, name) if listed is not None else None
+        if listed is None or data is None:
+            raise NotFound(f"Job {job.id!r} has no output file {name!r}.")
+        return listed, data
 
     def page(self, client: str, limit: int, offset: int) -> tuple[list[Job], int]:
         """A page of the client's jobs, newest first, and how many there are."""

@@ -19,9 +19,10 @@ from typing import Any
 import docker
 import docker.errors
 from docker.utils.socket import frames_iter
+from werkzeug.utils import secure_filename
 
 from app.errors import SandboxError
-from app.models import Limits, Program, RunOutcome, Usage
+from app.models import Artifact, Limits, Program, RunOutcome, Usage
 from app.sandbox.agent import CHUNK as AGENT_CHUNK
 from app.sandbox.agent import NONCE_SIZE
 from app.sandbox.docker_gateway import DOCKER_ERRORS, close_socket, translated
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 LABEL = "io.datapane.runner"
 WORKDIR = "/sandbox"
 SANDBOX_UID = SANDBOX_GID = 1000  # the `python` user of the base image
+MAX_ARTIFACT_NAME = 100
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 
@@ -52,6 +54,8 @@ class SandboxPolicy:
     tmpfs_mb: int
     max_output_bytes: int
     instance: str
+    max_artifacts: int = 20
+    max_artifact_bytes: int = 20 * 1024 * 1024
     runtime: str = "runc"  # the OCI runtime: runc, or runsc (gVisor) for a second wall around the kernel
 
 
@@ -89,7 +93,7 @@ def container_labels(instance: str, **extra: str) -> dict[str, str]:
     return {LABEL: "1", f"{LABEL}.instance": instance, **{f"{LABEL}.{k}": v for k, v in extra.items()}}
 
 
-def encode_payload(program: Program, nonce: bytes) -> bytes:
+def encode_payload(program: Program, nonce: bytes, max_artifacts: int = 0, max_artifact_bytes: int = 0) -> bytes:
     """The message the agent reads from stdin (see agent.py). Fields hold no NUL (the request schemas refuse it)."""
     fields = [program.entrypoint, str(len(program.args)), *program.args, str(len(program.env))]
     for name, value in program.env.items():
@@ -97,7 +101,7 @@ def encode_payload(program: Program, nonce: bytes) -> bytes:
     fields.append(str(len(program.files)))
     for name, data in program.files.items():
         fields += [name, str(len(data))]
-    fields.append(str(-1 if program.stdin is None else len(program.stdin)))
+    fields += [str(-1 if program.stdin is None else len(program.stdin)), str(max_artifacts), str(max_artifact_bytes)]
     header = "\0".join(fields).encode()
     return b"".join([b"%d\n" % len(header), header, *program.files.values(), nonce, program.stdin or b""])
 
@@ -118,7 +122,7 @@ class AgentReader:
     there on: the rest passes as plain stdout, bounded like any output, and no trailer is read from it.
     """
 
-    KINDS = (b"1", b"2", b"T")
+    KINDS = (b"1", b"2", b"A", b"D", b"X", b"T")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -144,6 +148,43 @@ class AgentReader:
             yield kind, bytes(self._buffer[start + 5 : end])
             start = end
         del self._buffer[:start]
+
+
+class ArtifactCollector:
+    """The output files the agent sends after the script's exit, bounded again here (the stream is the container's)."""
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self._max_count, self._budget = max_count, max_bytes
+        self._current: tuple[str, list[bytes]] | None = None
+        self.kept: list[tuple[Artifact, bytes]] = []
+        self.left_out: list[str] = []
+
+    def take(self, kind: bytes, data: bytes) -> None:
+        if kind == b"X":
+            self.left_out.append(data.decode(errors="replace")[:200])
+        elif kind == b"A":
+            self._close()
+            self._current = (data.decode(errors="replace"), [])
+        elif self._current is not None:  # b"D"
+            self._current[1].append(data)
+            self._budget -= len(data)
+
+    def finish(self) -> tuple[tuple[tuple[Artifact, bytes], ...], tuple[str, ...]]:
+        self._close()
+        return tuple(self.kept), tuple(self.left_out)
+
+    def _close(self) -> None:
+        if self._current is None:
+            return
+        name, chunks = self._current
+        self._current = None
+        if secure_filename(name) != name or len(name) > MAX_ARTIFACT_NAME:
+            self.left_out.append(f"{name[:100]}: a name that is not allowed (letters, digits, '_', '-', '.')")
+        elif self._budget < 0 or len(self.kept) >= self._max_count:
+            self.left_out.append(f"{name}: over the limits on output files")
+        else:
+            data = b"".join(chunks)
+            self.kept.append((Artifact.of(name, data), data))
 
 
 def parse_trailer(data: bytes, nonce: bytes) -> Trailer | None:
@@ -174,6 +215,7 @@ class Run:
         self._killed_for_output = False
         self._cancelled = threading.Event()
         self._reported: RunOutcome | None = None  # the outcome the agent's trailer gave, before Docker confirmed
+        self._artifacts = ArtifactCollector(policy.max_artifacts, policy.max_artifact_bytes)
         with translated(SandboxError, "Docker could not create the container"):
             self.container_id: str = self._api.create_container(
                 image,
@@ -233,7 +275,8 @@ class Run:
         try:
             with translated(SandboxError, "Docker failed during the run"):
                 with contextlib.suppress(OSError):  # the container may already be gone; Docker says how it ended
-                    _send_all(sock, encode_payload(program, nonce))
+                    p = self._policy
+                    _send_all(sock, encode_payload(program, nonce, p.max_artifacts, p.max_artifact_bytes))
                 trailer = self._forward(sock, sink, nonce)
                 if trailer is not None and trailer.exited:
                     self._reported = self._outcome(trailer.code, oom=False, usage=trailer.usage)
@@ -277,6 +320,9 @@ class Run:
                         return trailer
                     log.warning("security: container %s sent a trailer that is not its agent's", self.container_id)
                     continue
+                if kind in (b"A", b"D", b"X"):
+                    self._artifacts.take(kind, chunk)
+                    continue
                 if reader.broken and not warned:
                     warned = True
                     log.warning("security: container %s broke its agent's framing", self.container_id)
@@ -299,7 +345,10 @@ class Run:
         return exit_code != 0 and bool(self._api.inspect_container(self.container_id)["State"].get("OOMKilled"))
 
     def _outcome(self, exit_code: int, *, oom: bool, usage: Usage | None) -> RunOutcome:
+        artifacts, left_out = self._artifacts.finish()
         return RunOutcome(
+            artifacts=artifacts,
+            left_out=left_out,
             exit_code=exit_code,
             oom_killed=oom,
             timed_out=self._timed_out.is_set(),

@@ -217,3 +217,22 @@ def test_docker_corrects_an_agent_that_lies(
     stored = api.get(f"/status/{job_id}").json
     assert (stored["status"], stored["exit_code"]) == ("failed", 3)
     assert any("security" in rec.message and "Docker says 3" in rec.message for rec in caplog.records)
+
+
+def test_the_script_ends_as_python_would(api: Api) -> None:
+    """Threads joined, atexit run, files left open flushed, SystemExit's code and text kept."""
+    r = api.run_json(
+        [
+            "import atexit, sys, threading, time",
+            "f = open('out/unclosed.txt', 'w')",
+            "f.write('flushed at exit')",
+            "atexit.register(lambda: print('atexit ran'))",
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()",
+            "sys.exit('bye with text')",
+        ]
+    )
+    job = r.json
+    assert (job["status"], job["exit_code"]) == ("failed", 1), job
+    assert job["stdout"] == "thread done\natexit ran\n"
+    assert job["stderr"] == "bye with text\n"
+    assert [(a["name"], a["size"]) for a in job["artifacts"]] == [("unclosed.txt", len("flushed at exit"))]

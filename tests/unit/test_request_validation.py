@@ -40,9 +40,15 @@ def test_unsafe_file_names_are_refused_not_renamed(api: Api, name: str) -> None:
     assert no_jobs_recorded(api)
 
 
-def test_only_python_files_are_accepted(api: Api) -> None:
+def test_data_files_need_a_script_and_cannot_be_the_entrypoint(api: Api) -> None:
     err = assert_error(post_files(api, [(b"x", "notes.txt")]), 400, "validation_failed")
     assert ".py" in err["message"]
+    files = [(b"print(1)", "main.py"), (b"a,b", "data.csv")]
+    err = assert_error(post_files(api, files, entrypoint="data.csv"), 400, "validation_failed")
+    assert ".py" in err["message"]
+    assert_error(api.run_json("print(1)", script_name="data.csv"), 400, "validation_failed")
+    assert_error(post_files(api, [(b"print(1)", "main.py"), (b"x", "out")]), 400, "validation_failed")
+    assert no_jobs_recorded(api)
 
 
 def test_json_script_name_is_checked_like_an_upload(api: Api) -> None:

@@ -313,3 +313,22 @@ def test_a_corrected_result_replaces_the_verdict_and_says_so(store: Store) -> No
     assert (got.status, got.exit_code, got.status_corrected, got.stdout) == (Status.FAILED, 3, True, b"out")
     store.delete_job("j1")
     assert not store.correct_result(done)  # a deleted job stays deleted
+
+
+def test_output_files_are_listed_on_the_job_and_go_with_it(store: Store) -> None:
+    from app.models import Artifact
+
+    done = job("j1", created_at=1000.0)
+    chart = Artifact.of("chart.png", b"\x89PNG...")
+    done.artifacts = [chart]
+    store.save_artifacts("j1", [(chart, b"\x89PNG...")])
+    store.save_job(done)
+    assert store.get_job("j1").artifacts == [chart]  # type: ignore[union-attr]
+    assert store.get_artifact("j1", "chart.png") == b"\x89PNG..."
+    assert store.get_artifact("j1", "other.png") is None
+    store.purge_finished_before(5000.0)
+    assert store.get_artifact("j1", "chart.png") is None
+    store.save_artifacts("j2", [(chart, b"x")])
+    store.save_job(job("j2"))
+    store.delete_job("j2")
+    assert store.get_artifact("j2", "chart.png") is None

@@ -1,0 +1,176 @@
+"""Output files: what a script writes to /sandbox/out comes back with its job, to its owner only, bounded."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app.services import EXTENSION
+from tests.helpers import Api
+from tests.package_index import serve_index
+
+
+@pytest.fixture(params=[0, 2], ids=["on-demand", "pooled"])
+def api(request: pytest.FixtureRequest, make_app: Callable[..., Flask], base_image: str) -> Api:
+    return Api(make_app(base_image=base_image, pool_size=request.param))
+
+
+WRITE_THREE = [
+    "import hashlib",
+    "open('out/notes.txt', 'w').write('hello\\n')",
+    "open('out/report.html', 'w').write('<script>alert(document.cookie)</script>')",
+    "data = bytes(range(256)) * 400",
+    "open('out/data.bin', 'wb').write(data)",
+    "print(hashlib.sha256(data).hexdigest())",
+]
+
+
+def test_output_files_come_back_listed_and_downloadable(api: Api) -> None:
+    r = api.run_json(WRITE_THREE)
+    job = r.json
+    assert job["status"] == "succeeded", job
+    listed = {a["name"]: a for a in job["artifacts"]}
+    assert sorted(listed) == ["data.bin", "notes.txt", "report.html"]
+    data = bytes(range(256)) * 400
+    assert listed["data.bin"]["size"] == len(data)
+    assert listed["data.bin"]["sha256"] == job["stdout"].strip() == hashlib.sha256(data).hexdigest()
+    assert listed["notes.txt"]["content_type"] == "text/plain"
+    assert api.get(f"/status/{job['job_id']}").json["artifacts"] == job["artifacts"]
+
+    got = api.get(listed["data.bin"]["url"])
+    assert got.status_code == 200
+    assert got.data == data
+    html = api.get(listed["report.html"]["url"])
+    assert html.mimetype == "text/html"
+    assert html.headers["Content-Disposition"] == 'attachment; filename="report.html"'
+    assert html.headers["X-Content-Type-Options"] == "nosniff"
+    assert html.headers["Content-Security-Policy"] == "sandbox"
+
+
+def test_output_files_are_their_owners_only(api: Api) -> None:
+    job = api.run_json(WRITE_THREE).json
+    url = job["artifacts"][0]["url"]
+    other = Api(api.app, "other-client")
+    r = other.get(url)
+    assert (r.status_code, r.json["error"]["code"]) == (404, "not_found")
+    assert api.get(f"/status/{job['job_id']}/artifacts/missing.txt").status_code == 404
+    assert api.get(f"/status/{job['job_id']}/artifacts/..%2F..%2Fetc%2Fpasswd").status_code == 404
+
+
+def test_output_files_go_with_their_job(api: Api) -> None:
+    job = api.run_json(WRITE_THREE).json
+    assert api.delete(f"/jobs/{job['job_id']}").status_code == 200
+    store = api.app.extensions[EXTENSION].store
+    assert store.get_artifact(job["job_id"], "notes.txt") is None
+
+
+def test_links_devices_fifos_and_folders_are_left_out_saying_why(api: Api) -> None:
+    r = api.run_json(
+        [
+            "import os",
+            "os.symlink('/etc/passwd', 'out/passwd')",
+            "os.mkfifo('out/pipe')",
+            "os.mkdir('out/nested')",
+            "open('out/nested/inner.txt', 'w').write('x')",
+            "open('out/kept.txt', 'w').write('kept')",
+        ]
+    )
+    job = r.json
+    assert job["status"] == "succeeded", job
+    assert [a["name"] for a in job["artifacts"]] == ["kept.txt"]
+    assert "passwd: not a regular file" in job["message"]
+    assert "pipe: not a regular file" in job["message"]
+    assert "nested: a folder" in job["message"]
+
+
+def test_bounds_keep_the_first_files_and_name_the_rest(make_app: Callable[..., Flask], base_image: str) -> None:
+    api = Api(make_app(base_image=base_image, max_artifacts=2, max_artifact_bytes=10_000))
+    r = api.run_json(
+        [
+            "open('out/a.txt', 'w').write('a' * 6000)",
+            "open('out/b.txt', 'w').write('b' * 6000)",  # over the bytes left
+            "open('out/c.txt', 'w').write('c')",
+            "open('out/d.txt', 'w').write('d')",  # over the count
+        ]
+    )
+    job = r.json
+    assert job["status"] == "succeeded", job
+    assert [a["name"] for a in job["artifacts"]] == ["a.txt", "c.txt"]
+    assert "b.txt: over the limit on output file bytes" in job["message"]
+    assert "d.txt: over the limit on the number of output files" in job["message"]
+
+
+def test_data_files_go_in_next_to_the_script(api: Api) -> None:
+    files = [
+        (b"import csv, json\nrows = list(csv.reader(open('data.csv')))\nprint(rows, json.load(open('cfg.json')))\n",
+         "main.py"),
+        (b"a,b\n1,2\n", "data.csv"),
+        (b'{"k": 1}', "cfg.json"),
+        (b"import not_a_real_package_xyz\n", "notes.txt"),  # not Python: its imports are not looked for
+    ]  # fmt: skip
+    data: dict[str, Any] = {"files[]": [(io.BytesIO(c), n) for c, n in files]}
+    r: Any = api.http.post("/run-file", data=data, headers=api.headers({"Accept": "application/json"}))
+    assert r.json["status"] == "succeeded", r.json
+    assert r.json["stdout"] == "[['a', 'b'], ['1', '2']] {'k': 1}\n"
+    assert r.json["build_log"] == ""
+
+
+MATPLOTLIB = "matplotlib==3.10.*"
+
+
+@pytest.fixture(scope="module")
+def real_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A loopback index of matplotlib's real wheels and their dependencies, downloaded by the host's pip."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", MATPLOTLIB, "--only-binary=:all:", "--dest", str(wheels), "-q"],
+        check=True,
+        timeout=600,
+    )
+    with serve_index(tmp_path_factory.mktemp("index"), [], wheels=sorted(Path(wheels).glob("*.whl"))) as url:
+        yield url
+
+
+def test_a_matplotlib_chart_comes_back_byte_identical(
+    make_app: Callable[..., Flask], base_image: str, real_index: str, monkeypatch: pytest.MonkeyPatch, docker_client
+) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", real_index)
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONSTRAINT"):
+        monkeypatch.delenv(name, raising=False)
+    api = Api(make_app(base_image=base_image, image_prefix="datapane-artifacts-test"))
+    try:
+        r = api.run_json(
+            [
+                "import hashlib",
+                "import matplotlib",
+                "matplotlib.use('Agg')",
+                "import matplotlib.pyplot as plt",
+                "plt.plot([1, 2, 3], [2, 4, 1])",
+                "plt.savefig('out/chart.png')",
+                "print(hashlib.sha256(open('out/chart.png', 'rb').read()).hexdigest())",
+            ],
+            timeout=120,
+            memory_mb=512,
+        )
+        job = r.json
+        assert job["status"] == "succeeded", (job["message"], job["stderr"][-2000:], job["build_log"][-2000:])
+        (chart,) = job["artifacts"]
+        assert (chart["name"], chart["content_type"]) == ("chart.png", "image/png")
+        png = api.get(chart["url"]).data
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert hashlib.sha256(png).hexdigest() == chart["sha256"] == job["stdout"].strip()
+        assert len(png) == chart["size"]
+    finally:
+        for image in docker_client.api.images():
+            for tag in image.get("RepoTags") or []:
+                if tag.startswith("datapane-artifacts-test"):
+                    docker_client.api.remove_image(tag, force=True)
