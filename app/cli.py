@@ -130,6 +130,16 @@ def clients_rotate(name: str) -> None:
     click.echo(key)
 
 
+@clients.command("webhook-secret")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Replace the secret; webhooks signed with the old one stop verifying.")
+def clients_webhook_secret(name: str, rotate: bool) -> None:
+    """Print the secret NAME's webhooks are signed with (made on first use) on the last line."""
+    secret = _issue_key(lambda store: client_keys.webhook_secret(store, name, rotate=rotate))
+    click.echo(f"client {name}'s webhook secret{' (new)' if rotate else ''}:", err=True)
+    click.echo(secret)
+
+
 def _issue_key(issue: Callable[[Store], str]) -> str:
     svc = Services(_settings())
     try:

@@ -60,6 +60,17 @@ def rotate_client(store: Store, name: str) -> str:
     return _new_key(store, name)
 
 
+def webhook_secret(store: Store, name: str, *, rotate: bool = False) -> str:
+    """The secret the client's webhooks are signed with (HMAC-SHA256), made on first use or anew with `rotate`.
+
+    :raises ValidationFailed: no active client of that name.
+    """
+    existing = _client(store, name)
+    if existing is None or existing.revoked_at is not None:
+        raise ValidationFailed(f"No active client {name!r}; `clients list` shows them.")
+    return store.webhook_secret(name, rotate=rotate)
+
+
 def _client(store: Store, name: str) -> ClientRecord | None:
     return next((c for c in store.list_clients() if c.name == name), None)
 

@@ -51,6 +51,13 @@ class Settings:
     max_artifact_bytes: int = _setting(
         "RUNNER_MAX_ARTIFACT_BYTES", 20_971_520, "Bytes of output files kept per run, in all; more are left out."
     )
+    webhook_allow: str = _setting(
+        "RUNNER_WEBHOOK_ALLOW", "", "CIDRs webhooks may reach although not public (e.g. 10.0.0.0/8); empty: none."
+    )
+    webhook_backoff_s: float = _setting(
+        "RUNNER_WEBHOOK_BACKOFF_S", 20.0, "First retry delay of a failed webhook; doubles each time (6 attempts)."
+    )
+    webhook_timeout_s: float = _setting("RUNNER_WEBHOOK_TIMEOUT_S", 10.0, "Time limit of one webhook attempt.")
     max_file_bytes: int = _setting("RUNNER_MAX_FILE_BYTES", 1_048_576, "Largest uploaded file or JSON `code`.")
     max_files: int = _setting("RUNNER_MAX_FILES", 20, "Most files in one request.")
     max_body_bytes: int = _setting("RUNNER_MAX_BODY_BYTES", 8_388_608, "Largest request body (413 above).")

@@ -67,6 +67,7 @@ class RunSpec:
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)  # may hold secrets: never logged, dropped when the job ends
     stdin: bytes | None = None
+    callback_url: str | None = None
 
     @property
     def program(self) -> Program:
@@ -126,6 +127,15 @@ class RunOutcome:
         return Status.SUCCEEDED if self.exit_code == 0 else Status.FAILED
 
 
+@dataclass(frozen=True)
+class WebhookState:
+    """Where a job's webhook delivery is: pending, delivered or failed (after every attempt)."""
+
+    status: str
+    attempts: int = 0
+    last_error: str | None = None
+
+
 @dataclass
 class Job:
     """One run as recorded in the store."""
@@ -149,6 +159,8 @@ class Job:
     peak_memory_bytes: int | None = None
     status_corrected: bool = False  # the answer came from the agent's trailer; Docker's verdict, recorded, differed
     artifacts: list[Artifact] = field(default_factory=list)
+    callback_url: str | None = None
+    webhook: WebhookState | None = None
 
     def finish(self, status: Status, message: str, exit_code: int | None = None) -> None:
         """Mark the job ended."""

@@ -58,6 +58,7 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
         beating = start_heartbeat(svc.redis, settings.instance, stop)  # at once: the name is ours from now on
         lost = svc.end_own_running_jobs()
         removed = svc.prepare_host()
+        svc.resume_webhooks()
         log.info("worker %s: removed %d leftover containers, ended %d lost jobs", settings.instance, removed, lost)
         ctx = WorkerContext(svc.store, svc.runner, settings.instance)
         svc.start_watchdog()

@@ -26,6 +26,8 @@ from app.jobs.runner import JobRunner
 from app.jobs.service import JobService
 from app.jobs.streams import RedisOutputs
 from app.jobs.watchdog import Watchdog, lost_worker_message, start_watchdog
+from app.jobs.webhooks import WebhookSender, WebhookStore, parse_allow
+from app.models import Job
 from app.sandbox.container import SandboxPolicy, remove_leftovers
 from app.sandbox.docker_gateway import DockerGateway
 from app.sandbox.limits import resolve_limits
@@ -132,7 +134,30 @@ class Services:
             pool=self.pool,
             policy=self.policy,
             image_prefix=self.settings.image_prefix,
+            on_finished=self._job_finished,
         )
+
+    def _job_finished(self, job: Job) -> None:
+        if job.callback_url:
+            self.webhooks.job_ended(job.id)
+
+    @cached_property
+    def webhooks(self) -> WebhookSender:
+        from app.api.schemas import webhook_body  # the job's JSON as the API shows it (imported once all is loaded)
+
+        s = self.settings
+        store = WebhookStore(self.store.get_job, self.store.save_webhook_state, self.store.webhook_secret)
+        return WebhookSender(
+            store, webhook_body, allow=parse_allow(s.webhook_allow), backoff_s=s.webhook_backoff_s,
+            timeout_s=s.webhook_timeout_s,
+        )  # fmt: skip
+
+    def resume_webhooks(self) -> int:
+        """Webhooks this instance owed when it stopped: scheduled again; return how many."""
+        pending = self.store.pending_webhooks(self.settings.instance)
+        for job_id, attempts in pending:
+            self.webhooks.job_ended(job_id, attempt=attempts + 1)
+        return len(pending)
 
     @cached_property
     def executor(self) -> JobExecutor:
@@ -171,7 +196,9 @@ class Services:
             self.jobs.purge_expired()
             self.start_watchdog()
             return 0, 0
-        return self.prepare_host(), self.jobs.mark_interrupted()
+        removed, ended = self.prepare_host(), self.jobs.mark_interrupted()
+        self.resume_webhooks()
+        return removed, ended
 
     def end_own_running_jobs(self) -> int:
         """A worker starting under its name: the jobs the store says it runs were lost with its previous life."""
@@ -190,6 +217,8 @@ class Services:
         self._stop.set()
         if "executor" in self.__dict__:
             self.executor.shutdown(wait=wait)
+        if "webhooks" in self.__dict__:
+            self.webhooks.close()
         if "pool" in self.__dict__:
             self.pool.shutdown()
         self.docker.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from app.models import Artifact, Job, Limits, RunSpec, Status
+from app.models import Artifact, Job, Limits, RunSpec, Status, WebhookState
 
 T = TypeVar("T")
 metadata = sa.MetaData()
@@ -45,6 +46,8 @@ jobs = sa.Table(
     sa.Column("peak_memory_bytes", sa.BigInteger),
     sa.Column("status_corrected", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("artifacts", sa.Text, nullable=False, server_default="[]"),  # JSON: name, size, sha256, content_type
+    sa.Column("callback_url", sa.Text),
+    sa.Column("webhook", sa.Text),  # JSON: status, attempts, last_error
     sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
     sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
     sa.Index("jobs_by_finish", "finished_at"),
@@ -71,9 +74,11 @@ clients = sa.Table(
     sa.Column("key_hash", sa.Text, nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
+    sa.Column("webhook_secret", sa.Text),  # the HMAC key of the client's webhooks, made on first use
 )
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
+CLIENT_FIELDS = (clients.c.name, clients.c.key_hash, clients.c.created_at, clients.c.revoked_at)
 POOL_SIZE, POOL_OVERFLOW = 5, 10  # connections per process: at most 15 each (PostgreSQL allows 100 by default)
 JOB_FIELDS = [c.name for c in jobs.columns if c.name != "spec"]
 UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
@@ -103,7 +108,14 @@ def _v3_artifacts(conn: Connection) -> None:
     metadata.create_all(conn, tables=[artifacts])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned, _v2_usage, _v3_artifacts]
+def _v4_webhooks(conn: Connection) -> None:
+    """Jobs gain their callback URL and delivery state; clients their webhook secret."""
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN callback_url TEXT"))
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN webhook TEXT"))
+    conn.execute(sa.text("ALTER TABLE clients ADD COLUMN webhook_secret TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks]
 """MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
 VERSION = len(MIGRATIONS)
 
@@ -161,7 +173,7 @@ class Store:
         self._get = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.id == sa.bindparam("b_id"))
         self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
         self._claim = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == Status.QUEUED.value)
-        self._by_key = sa.select(clients).where(clients.c.key_hash == sa.bindparam("b_hash"))
+        self._by_key = sa.select(*CLIENT_FIELDS).where(clients.c.key_hash == sa.bindparam("b_hash"))
         touch = self._insert(images)
         self._touch = touch.on_conflict_do_update(
             index_elements=["engine", "tag"], set_={"last_used": touch.excluded.last_used}
@@ -296,6 +308,29 @@ class Store:
         values = {"status": Status.RUNNING.value, "worker": worker, "started_at": now, "b_id": job_id}
         return self._run(self._claim, values) > 0
 
+    def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
+        self._run(sa.update(jobs).where(jobs.c.id == job_id).values(webhook=json.dumps(state.__dict__)))
+
+    def pending_webhooks(self, worker: str) -> list[tuple[str, int]]:
+        """(job id, attempts made) of jobs `worker` finished whose webhook is still to be delivered."""
+        query = sa.select(jobs.c.id, jobs.c.webhook).where(
+            # the state is JSON written by save_webhook_state, status first
+            jobs.c.worker == worker,
+            jobs.c.finished_at.is_not(None),
+            jobs.c.webhook.like('{"status": "pending"%'),
+        )
+        return [(job_id, int(json.loads(state)["attempts"])) for job_id, state in self._rows(query)]
+
+    def webhook_secret(self, client: str, *, rotate: bool = False) -> str:
+        """The client's webhook secret, made on first use (or anew with `rotate`)."""
+        if not rotate:
+            rows = self._rows(sa.select(clients.c.webhook_secret).where(clients.c.name == client))
+            if rows and rows[0][0]:
+                return str(rows[0][0])
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        self._run(sa.update(clients).where(clients.c.name == client).values(webhook_secret=secret))
+        return secret
+
     def correct_result(self, job: Job) -> bool:
         """Replace a finished job's verdict (status, message, exit code) with a corrected one; False when gone."""
         stmt = (
@@ -349,7 +384,7 @@ class Store:
         return ClientRecord(*rows[0]) if rows else None
 
     def list_clients(self) -> list[ClientRecord]:
-        return [ClientRecord(*r) for r in self._rows(sa.select(clients).order_by(clients.c.name))]
+        return [ClientRecord(*r) for r in self._rows(sa.select(*CLIENT_FIELDS).order_by(clients.c.name))]
 
     def revoke_client(self, name: str) -> bool:
         """Revoke the client's key; False when there is no such active client."""
@@ -455,6 +490,8 @@ def _job_values(job: Job) -> dict[str, Any]:
         "peak_memory_bytes": job.peak_memory_bytes,
         "status_corrected": job.status_corrected,
         "artifacts": json.dumps([a.__dict__ for a in job.artifacts]),
+        "callback_url": job.callback_url,
+        "webhook": json.dumps(job.webhook.__dict__) if job.webhook is not None else None,
     }
 
 
@@ -465,6 +502,7 @@ def _job(row: Iterable[Any]) -> Job:
     for blob in ("stdout", "stderr", "output"):
         values[blob] = bytes(values[blob])
     values["artifacts"] = [Artifact(**a) for a in json.loads(values["artifacts"])]
+    values["webhook"] = WebhookState(**json.loads(values["webhook"])) if values["webhook"] else None
     return Job(**values)
 
 

@@ -44,8 +44,10 @@ class ServiceClient:
         session: requests.Session = self._local.session
         return session
 
-    def run(self, code: str = HELLO_CODE, expect: str = "hello world\n", **fields: Any) -> RunSample:
-        """One run awaited as JSON; raises unless it succeeded with the expected stdout."""
+    def run(
+        self, code: str = HELLO_CODE, expect: str = "hello world\n", artifacts: int = 0, **fields: Any
+    ) -> RunSample:
+        """One run awaited as JSON; raises unless it succeeded with the expected stdout (and output files)."""
         body = {"script_name": "main.py", "code": code, **fields}
         headers = {**self._headers, "Accept": "application/json"}
         start = time.perf_counter()
@@ -54,7 +56,7 @@ class ServiceClient:
         if r.status_code != 200:
             raise RequestRejected(r.status_code, r.text)
         job = r.json()
-        if job.get("status") != "succeeded" or job.get("stdout") != expect:
+        if job.get("status") != "succeeded" or job.get("stdout") != expect or len(job["artifacts"]) != artifacts:
             detail = {k: job.get(k) for k in ("status", "message", "stdout", "stderr")}
             tail = (job.get("build_log") or "")[-1500:]
             raise RuntimeError(f"run did not succeed: {detail}\n{tail}")

@@ -12,6 +12,7 @@ from werkzeug.utils import secure_filename
 from app.config import Settings
 from app.errors import PayloadTooLarge, ValidationFailed
 from app.images.deps import REQUIREMENTS_FILE, check_detected_count, parse_requirements
+from app.jobs.webhooks import check_callback_url, parse_allow
 from app.models import RunSpec
 from app.sandbox.agent import OUT_DIR
 from app.sandbox.limits import resolve_limits
@@ -121,6 +122,9 @@ def run_spec(
     if requirements is None:
         check_detected_count(files, installed)
     stdin = fields.get("stdin")
+    callback_url = fields.get("callback_url")
+    if callback_url is not None:
+        check_callback_url(callback_url, parse_allow(settings.webhook_allow))
     return RunSpec(
         client=client,
         files=files,
@@ -130,4 +134,5 @@ def run_spec(
         args=tuple(fields.get("args", ())),
         env=dict(fields.get("env", {})),
         stdin=None if stdin is None else check_size("stdin", stdin.encode(), settings),
+        callback_url=callback_url,
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
-from flask import url_for
 from marshmallow import Schema, ValidationError, fields, validate
 
 from app.clients import NAME, NAME_MAX_LENGTH, NAME_RULE
@@ -105,12 +105,24 @@ def stdin_field() -> fields.String:
     )
 
 
+def callback_field() -> fields.String:
+    return fields.String(
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": "URL the job's JSON is POSTed to when it ends, signed (X-Runner-Signature); public "
+            "addresses only unless the operator allows others.",
+            "example": "https://ci.example.com/hooks/runner",
+        },
+    )
+
+
 class InputSchema(Schema):
-    """What the script is given besides its files: stdin, arguments and variables."""
+    """What the script is given besides its files: stdin, arguments and variables; and where to report its end."""
 
     stdin = stdin_field()
     args = args_field()
     env = env_field()
+    callback_url = callback_field()
 
 
 class LimitsSchema(Schema):
@@ -140,6 +152,7 @@ class RunFormSchema(LimitsSchema):
     stdin = stdin_field()
     args = Encoded(args_field(), metadata={"description": "A JSON list of strings: the script's sys.argv[1:]."})
     env = Encoded(env_field(), metadata={"description": "A JSON object of the script's environment variables."})
+    callback_url = callback_field()
     entrypoint = fields.String(
         metadata={"description": "Which uploaded file to run (default main.py or the only file)."}
     )
@@ -170,10 +183,13 @@ class ArtifactSchema(Schema):
 
 
 def dump_artifacts(job: Job) -> list[dict[str, Any]]:
-    return [
-        {**artifact.__dict__, "url": url_for("api.job_artifact", job_id=job.id, name=artifact.name)}
-        for artifact in job.artifacts
-    ]
+    return [{**a.__dict__, "url": f"/status/{job.id}/artifacts/{quote(a.name)}"} for a in job.artifacts]
+
+
+class WebhookStateSchema(Schema):
+    status = fields.String(metadata={"enum": ["pending", "delivered", "failed"]})
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
 
 
 class JobSchema(Schema):
@@ -203,12 +219,22 @@ class JobSchema(Schema):
             "description": "Files the script wrote to /sandbox/out (regular files directly in it).",
         },
     )
+    callback_url = fields.String(allow_none=True)
+    webhook = fields.Nested(WebhookStateSchema, allow_none=True, metadata={"description": "Delivery of the webhook."})
     status_corrected = fields.Boolean(
         metadata={"description": "The first answer came from the sandbox's own report; Docker's verdict replaced it."}
     )
 
 
 job_schema = JobSchema()
+OUTPUTS = ("stdout", "stderr", "build_log")
+
+
+def webhook_body(job: Job) -> dict[str, Any]:
+    """What a webhook carries: the job without its outputs, with links to them."""
+    body = {k: v for k, v in job_schema.dump(job).items() if k not in OUTPUTS}
+    body["links"] = {"status": f"/status/{job.id}", "output": f"/status/{job.id}/output"}
+    return body
 
 
 class HealthSchema(Schema):

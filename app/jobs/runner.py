@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import sqlalchemy.exc
@@ -42,6 +43,7 @@ class JobRunner:
         pool: WarmPool,
         policy: SandboxPolicy,
         image_prefix: str,
+        on_finished: Callable[[Job], None] = lambda job: None,
     ) -> None:
         self._store = store
         self._outputs = outputs
@@ -51,6 +53,7 @@ class JobRunner:
         self._pool = pool
         self._policy = policy
         self._image_prefix = image_prefix
+        self._on_finished = on_finished  # after the result is recorded: the webhook
 
     def execute(self, job_id: str, spec: RunSpec, token: CancelToken) -> None:
         """Run the job to its end and record it; never raises, always closes its live output."""
@@ -94,6 +97,7 @@ class JobRunner:
             job.stdout, job.stderr, job.output = progress.stdout, progress.stderr, progress.output
             job.build_log = progress.build_log
             self._record(job)
+            self._on_finished(job)
 
     def _keep_artifacts(self, job: Job, outcome: RunOutcome) -> None:
         """Store the run's output files with the job, and say in its message which were left out."""

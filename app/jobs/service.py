@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from app.errors import NotFound
 from app.jobs.executor import JobExecutor
 from app.jobs.outputs import OutputBus
-from app.models import Artifact, Job, RunSpec, Status
+from app.models import Artifact, Job, RunSpec, Status, WebhookState
 from app.store import Store
 
 INTERRUPTED = "The service stopped before this job ended; submit it again."
@@ -39,7 +39,8 @@ class JobService:
         self._store.purge_beyond(spec.client, self._client_max_jobs)  # one client cannot fill the disk
         job = Job(
             id=secrets.token_hex(12), client=spec.client, status=Status.QUEUED, limits=spec.limits,
-            entrypoint=spec.entrypoint, created_at=time.time(),
+            entrypoint=spec.entrypoint, created_at=time.time(), callback_url=spec.callback_url,
+            webhook=WebhookState("pending") if spec.callback_url else None,
         )  # fmt: skip
         self._store.save_job(job, spec)  # a worker elsewhere reads the spec from the store
         self._outputs.open(job.id)  # live output exists from now until the job's record is final
