@@ -152,9 +152,9 @@ class Services:
             timeout_s=s.webhook_timeout_s,
         )  # fmt: skip
 
-    def resume_webhooks(self) -> int:
-        """Webhooks this instance owed when it stopped: scheduled again; return how many."""
-        pending = self.store.pending_webhooks(self.settings.instance)
+    def resume_webhooks(self, every_worker: bool = False) -> int:
+        """Webhooks this instance owed when it stopped (with `every_worker`, any job's): scheduled again."""
+        pending = self.store.pending_webhooks(None if every_worker else self.settings.instance)
         for job_id, attempts in pending:
             self.webhooks.job_ended(job_id, attempt=attempts + 1)
         return len(pending)
@@ -177,12 +177,14 @@ class Services:
         return RqJobExecutor(
             self.redis, self.store, self.outputs,
             queue_size=s.queue_size, client_limit=s.client_queue_limit, rq_timeout_s=rq_timeout,
+            ended=self.webhooks.job_ended,
         )  # fmt: skip
 
     def start_watchdog(self) -> None:
         """Distributed mode: end the jobs of lost workers and restore places Redis lost."""
         assert isinstance(self.outputs, RedisOutputs)
-        dog = Watchdog(self.redis, self.store, self.outputs, self.queue_executor.enqueue, self.queue_executor.places)
+        q = self.queue_executor
+        dog = Watchdog(self.redis, self.store, self.outputs, q.enqueue, q.places, ended=self.webhooks.job_ended)
         start_watchdog(dog, self._stop)
 
     def recover(self) -> tuple[int, int]:
@@ -197,7 +199,7 @@ class Services:
             self.start_watchdog()
             return 0, 0
         removed, ended = self.prepare_host(), self.jobs.mark_interrupted()
-        self.resume_webhooks()
+        self.resume_webhooks(every_worker=True)  # the embedded mode ran every job, queued ones too
         return removed, ended
 
     def end_own_running_jobs(self) -> int:

@@ -311,14 +311,14 @@ class Store:
     def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
         self._run(sa.update(jobs).where(jobs.c.id == job_id).values(webhook=json.dumps(state.__dict__)))
 
-    def pending_webhooks(self, worker: str) -> list[tuple[str, int]]:
-        """(job id, attempts made) of jobs `worker` finished whose webhook is still to be delivered."""
+    def pending_webhooks(self, worker: str | None) -> list[tuple[str, int]]:
+        """(job id, attempts made) of finished jobs (of `worker`, if given) whose webhook is still owed."""
+        # the state is JSON written by save_webhook_state, status first
         query = sa.select(jobs.c.id, jobs.c.webhook).where(
-            # the state is JSON written by save_webhook_state, status first
-            jobs.c.worker == worker,
-            jobs.c.finished_at.is_not(None),
-            jobs.c.webhook.like('{"status": "pending"%'),
+            jobs.c.finished_at.is_not(None), jobs.c.webhook.like('{"status": "pending"%')
         )
+        if worker is not None:
+            query = query.where(jobs.c.worker == worker)
         return [(job_id, int(json.loads(state)["attempts"])) for job_id, state in self._rows(query)]
 
     def webhook_secret(self, client: str, *, rotate: bool = False) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 import redis
 import rq
@@ -41,7 +42,9 @@ class RqJobExecutor:
         queue_size: int,
         client_limit: int,
         rq_timeout_s: int,
+        ended: Callable[[str], None] = lambda job_id: None,
     ) -> None:
+        self._ended = ended  # a job this process ended (its webhook)
         self._queue = job_queue(conn)
         self._store = store
         self._outputs = outputs
@@ -84,6 +87,7 @@ class RqJobExecutor:
             with contextlib.suppress(NoSuchJobError):
                 self._queue.remove(job_id)
             self._outputs.end(job_id)
+            self._ended(job_id)
             return True
         job = self._store.get_job(job_id)
         if job is None or job.status is not Status.RUNNING:

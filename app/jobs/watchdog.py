@@ -82,8 +82,10 @@ class Watchdog:
         outputs: RedisOutputs,
         enqueue: Callable[[str], None],
         places: Callable[[], int],
+        ended: Callable[[str], None] = lambda job_id: None,
     ) -> None:
         self._conn = conn
+        self._ended = ended  # a job this process ended (its webhook)
         self._store = store
         self._outputs = outputs
         self._enqueue = enqueue
@@ -108,6 +110,7 @@ class Watchdog:
                     if self._store.end_unfinished(job.id, Status.INTERNAL_ERROR, message, only=Status.RUNNING):
                         log.warning("job %s: %s", job.id, message)
                         self._outputs.end(job.id)
+                        self._ended(job.id)
                         ended += 1
         waiting = [j for j in unfinished if j.status is Status.QUEUED and now - j.created_at >= QUEUED_GRACE_S]
         if waiting and self._places() == 0:  # jobs wait but the queue holds no place for them: Redis lost it

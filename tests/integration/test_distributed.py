@@ -3,6 +3,7 @@ password) and one PostgreSQL, all started as an operator would (`python run.py`,
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.backing import PostgresServer, RedisServer
 from tests.cluster import SECOND_ENGINE, Client, Cluster, Proc
 from tests.helpers import leftovers, wait_until
 from tests.package_index import serve_index
+from tests.receiver import Receiver
 
 SLEEPER = "import time\nprint('first', flush=True)\ntime.sleep({s})\nprint('last')"
 PACKAGES = [("greetpkg", "1.0", "greetpkg", "VERSION = '1.0'\n")]
@@ -61,6 +63,7 @@ def cluster(
     c = _make_cluster(
         tmp_path_factory.mktemp("cluster"), postgres, own_redis,
         RUNNER_WORKERS="2", RUNNER_POOL_SIZE="1", RUNNER_CLIENT_QUEUE_LIMIT="8", PIP_INDEX_URL=index_url,
+        RUNNER_WEBHOOK_ALLOW="127.0.0.1/32", RUNNER_WEBHOOK_BACKOFF_S="0.1",
     )  # fmt: skip
     try:
         a, b = c.api_node("a"), c.api_node("b")
@@ -126,13 +129,35 @@ def test_a_queued_job_cancelled_on_another_node_never_runs(cluster: Cluster) -> 
     a, b = cluster.nodes
     bob = Client(cluster.key("bob"))
     busy = [bob.submit(a, SLEEPER.format(s=4)) for _ in range(PLACES)]  # every worker's places
-    queued = bob.submit(a, "print('never')")
-    assert bob.status(b, queued)["status"] == "queued"
-    assert requests.delete(f"{b.url}/jobs/{queued}", headers=bob.headers, timeout=10).json()["result"] == "cancelled"
-    for job_id in busy:
-        bob.wait(a, job_id)
-    job = bob.status(a, queued)
-    assert (job["status"], job["stdout"], job["worker"]) == ("cancelled", "", None)
+    hooks = Receiver([200])
+    try:
+        queued = bob.submit(a, "print('never')", callback_url=hooks.url)
+        assert bob.status(b, queued)["status"] == "queued"
+        cancelled = requests.delete(f"{b.url}/jobs/{queued}", headers=bob.headers, timeout=10).json()
+        assert cancelled["result"] == "cancelled"
+        for job_id in busy:
+            bob.wait(a, job_id)
+        job = bob.status(a, queued)
+        assert (job["status"], job["stdout"], job["worker"]) == ("cancelled", "", None)
+        # the node that ended it sends its webhook
+        assert wait_until(lambda: bob.status(a, queued)["webhook"]["status"] == "delivered", timeout=15)
+        assert json.loads(hooks.requests[0][2])["status"] == "cancelled"
+    finally:
+        hooks.close()
+
+
+def test_the_worker_that_finished_a_job_sends_its_webhook(cluster: Cluster, alice: Client) -> None:
+    a, _ = cluster.nodes
+    hooks = Receiver([500, 200])
+    try:
+        job_id = alice.submit(a, "print('done')", callback_url=hooks.url)
+        finished = alice.wait(a, job_id)
+        assert wait_until(lambda: alice.status(a, job_id)["webhook"]["status"] == "delivered", timeout=15)
+        assert alice.status(a, job_id)["webhook"]["attempts"] == 2
+        sent = json.loads(hooks.requests[-1][2])
+        assert (sent["job_id"], sent["status"], sent["worker"]) == (job_id, "succeeded", finished["worker"])
+    finally:
+        hooks.close()
 
 
 def test_every_status_is_reported_in_the_distributed_mode(cluster: Cluster, alice: Client) -> None:
