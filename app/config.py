@@ -80,6 +80,9 @@ class Settings:
     runtime: str = _setting(
         "RUNNER_RUNTIME", "runc", "OCI runtime of run containers: runc, or runsc (gVisor) once registered in Docker."
     )
+    janitor_s: float = _setting(
+        "RUNNER_JANITOR_S", 60.0, "How often leftover containers (e.g. after an engine restart) are looked for."
+    )
     pool_size: int = _setting("RUNNER_POOL_SIZE", 2, "Pre-started containers kept per hot image; 0 turns the pool off.")
     pool_images: int = _setting("RUNNER_POOL_IMAGES", 4, "Most images with a warm pool (most recently used win).")
     pool_idle_s: float = _setting("RUNNER_POOL_IDLE_S", 300.0, "Pre-started containers unused this long are removed.")

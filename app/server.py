@@ -59,6 +59,7 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
         lost = svc.end_own_running_jobs()
         removed = svc.prepare_host()
         svc.resume_webhooks()
+        svc.start_janitor()
         log.info("worker %s: removed %d leftover containers, ended %d lost jobs", settings.instance, removed, lost)
         ctx = WorkerContext(svc.store, svc.runner, settings.instance)
         svc.start_watchdog()

@@ -6,6 +6,7 @@ receives this object but the edges (routes, CLI, server).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from contextlib import AbstractContextManager
 from functools import cached_property
@@ -24,12 +25,13 @@ from app.jobs.outputs import OutputBus, OutputHub
 from app.jobs.queue import RqJobExecutor
 from app.jobs.runner import JobRunner
 from app.jobs.service import JobService
-from app.jobs.streams import RedisOutputs
-from app.jobs.watchdog import Watchdog, lost_worker_message, start_watchdog
+from app.jobs.streams import REDIS_ERRORS, RedisOutputs
+from app.jobs.watchdog import Watchdog, alive_key, lost_worker_message, start_watchdog
 from app.jobs.webhooks import WebhookSender, WebhookStore, parse_allow
-from app.models import Job
+from app.models import Job, Status
 from app.sandbox.container import SandboxPolicy, remove_leftovers
 from app.sandbox.docker_gateway import DockerGateway
+from app.sandbox.janitor import Janitor, start_janitor
 from app.sandbox.limits import resolve_limits
 from app.sandbox.pool import PoolSettings, WarmPool
 from app.store import Store, database_url
@@ -52,6 +54,7 @@ class Services:
             max_artifact_bytes=settings.max_artifact_bytes,
             instance=settings.instance,
             runtime=settings.runtime,
+            cluster=hashlib.sha256(settings.database_url.encode()).hexdigest()[:16] if settings.queue_url else "",
         )
         self._stop = threading.Event()
 
@@ -187,6 +190,28 @@ class Services:
         dog = Watchdog(self.redis, self.store, self.outputs, q.enqueue, q.places, ended=self.webhooks.job_ended)
         start_watchdog(dog, self._stop)
 
+    @cached_property
+    def janitor(self) -> Janitor:
+        def job_running(job_id: str) -> bool:
+            job = self.store.get_job(job_id)
+            return job is not None and job.status is Status.RUNNING
+
+        return Janitor(
+            self.docker, self.settings.instance, cluster=self.policy.cluster,
+            in_use=lambda: self.pool.container_ids() | self.runner.active_containers(),
+            job_running=job_running, alive=self._worker_alive if self.distributed else lambda instance: None,
+        )  # fmt: skip
+
+    def _worker_alive(self, instance: str) -> bool | None:
+        try:
+            return bool(self.redis.exists(alive_key(instance)))
+        except REDIS_ERRORS:
+            return None  # unknown: nothing of it is touched
+
+    def start_janitor(self) -> None:
+        """Sweep this host's leftovers every RUNNER_JANITOR_S (processes that run jobs)."""
+        start_janitor(self.janitor, self.settings.janitor_s, self._stop)
+
     def recover(self) -> tuple[int, int]:
         """Recover at start; return (containers removed, jobs ended).
 
@@ -200,6 +225,7 @@ class Services:
             return 0, 0
         removed, ended = self.prepare_host(), self.jobs.mark_interrupted()
         self.resume_webhooks(every_worker=True)  # the embedded mode ran every job, queued ones too
+        self.start_janitor()
         return removed, ended
 
     def end_own_running_jobs(self) -> int:

@@ -17,7 +17,7 @@ from app.jobs.executor import CancelToken
 from app.jobs.outputs import OutputBus, OutputWriter
 from app.models import Job, RunOutcome, RunSpec, Status
 from app.redaction import client_line, redact
-from app.sandbox.container import LABEL, Run, SandboxPolicy, container_labels
+from app.sandbox.container import LABEL, Run, SandboxPolicy
 from app.sandbox.docker_gateway import DockerGateway
 from app.sandbox.pool import WarmPool
 from app.store import Store
@@ -54,6 +54,7 @@ class JobRunner:
         self._policy = policy
         self._image_prefix = image_prefix
         self._on_finished = on_finished  # after the result is recorded: the webhook
+        self._active: set[str] = set()  # containers running a job here now (the janitor leaves them alone)
 
     def execute(self, job_id: str, spec: RunSpec, token: CancelToken) -> None:
         """Run the job to its end and record it; never raises, always closes its live output."""
@@ -132,7 +133,7 @@ class JobRunner:
         self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack
     ) -> RunOutcome:
         docker = self._docker.client
-        labels = container_labels(self._policy.instance, job=job.id, client=spec.client)
+        labels = self._policy.labels(job=job.id, client=spec.client)
         requirements = self._requirements(spec, labels)
         tag = client_image_tag(self._image_prefix, spec.client, requirements)
         cleanup.enter_context(self._image_cache.using(tag))
@@ -153,12 +154,17 @@ class JobRunner:
             docker, image_id, spec.limits, self._policy, {"job": job.id, "client": spec.client}
         )
         cleanup.callback(self._pool.replenish, image_id)  # runs after the removal below
+        cleanup.callback(self._active.discard, run.container_id)
         cleanup.callback(run.remove)
+        self._active.add(run.container_id)
         cleanup.callback(self._confirm, run, job)  # after the answer, before the removal
         token.on_cancel(run.cancel)
         log.info("job %s of %s runs in container %s", job.id, spec.client, run.container_id[:12])
         job.started_at = time.time()
         return run.execute(spec.program, progress.output_chunk)
+
+    def active_containers(self) -> set[str]:
+        return set(self._active)
 
     def _confirm(self, run: Run, job: Job) -> None:
         """Docker's verdict on a run answered from the agent's trailer; a different one replaces the record."""

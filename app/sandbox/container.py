@@ -56,6 +56,12 @@ class SandboxPolicy:
     instance: str
     max_artifacts: int = 20
     max_artifact_bytes: int = 20 * 1024 * 1024
+    cluster: str = ""  # distributed mode: the id its workers share, so one can clean up after a dead sibling
+
+    def labels(self, **extra: str) -> dict[str, str]:
+        """The labels of this service's containers (see container_labels), with the cluster's when there is one."""
+        return container_labels(self.instance, **({"cluster": self.cluster} if self.cluster else {}), **extra)
+
     runtime: str = "runc"  # the OCI runtime: runc, or runsc (gVisor) for a second wall around the kernel
 
 
@@ -215,6 +221,7 @@ class Run:
         self._killed_for_output = False
         self._cancelled = threading.Event()
         self._reported: RunOutcome | None = None  # the outcome the agent's trailer gave, before Docker confirmed
+        self._usage_at_kill: Usage | None = None  # what Docker counted just before the service killed it
         self._artifacts = ArtifactCollector(policy.max_artifacts, policy.max_artifact_bytes)
         with translated(SandboxError, "Docker could not create the container"):
             self.container_id: str = self._api.create_container(
@@ -224,7 +231,7 @@ class Run:
                 working_dir=WORKDIR,
                 stdin_open=True,
                 network_disabled=True,
-                labels=container_labels(policy.instance, **labels),
+                labels=policy.labels(**labels),
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},
                 host_config=hardened_host_config(self._api, limits, policy),
             )["Id"]
@@ -337,7 +344,7 @@ class Run:
         return None
 
     def _judge(self, exit_code: int, trailer: Trailer | None) -> RunOutcome:
-        usage = trailer.usage if trailer is not None else None
+        usage = trailer.usage if trailer is not None else self._usage_at_kill
         return self._outcome(exit_code, oom=self._oom_killed(exit_code), usage=usage)
 
     def _oom_killed(self, exit_code: int) -> bool:
@@ -371,6 +378,8 @@ class Run:
     def kill(self) -> None:
         if self._reported is not None:  # the script has ended and its agent is exiting: nothing to stop
             return
+        if self._sock is not None and self._usage_at_kill is None:
+            self._usage_at_kill = docker_usage(self._api, self.container_id)
         with contextlib.suppress(*DOCKER_ERRORS):  # already stopped or gone
             self._api.kill(self.container_id)
 
@@ -389,6 +398,20 @@ class Run:
                     log.exception("could not remove container %s; it will be removed at next start", self.container_id)
                 else:
                     time.sleep(0.5)
+
+
+def docker_usage(api: docker.APIClient, container_id: str) -> Usage | None:
+    """CPU time and peak memory of a running container as Docker's stats report them (None when unknown)."""
+    try:
+        stats = api.stats(container_id, stream=False, one_shot=True)
+    except DOCKER_ERRORS:
+        return None
+    memory = stats.get("memory_stats") or {}
+    cpu_ns = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+    peak = memory.get("max_usage") or memory.get("usage")  # cgroup v1 keeps the peak; v2 only the current use
+    if not cpu_ns and not peak:
+        return None
+    return Usage(cpu_seconds=cpu_ns / 1e9 if cpu_ns else None, peak_memory_bytes=int(peak) if peak else None)
 
 
 def _send_all(sock: Any, data: bytes) -> None:  # docker-py's attach socket: a SocketIO or a socket

@@ -170,6 +170,11 @@ class WarmPool:
         for run in stale:
             run.remove()
 
+    def container_ids(self) -> set[str]:
+        """The containers waiting in the pool now."""
+        with self._lock:
+            return {w.run.container_id for warm in self._ready.values() for w in warm}
+
     def size(self) -> int:
         """Containers waiting in the pool now."""
         with self._lock:

@@ -280,6 +280,23 @@ def test_a_killed_worker_s_job_ends_naming_it_and_its_container_goes_when_it_res
     assert erin.run(node, "print('after')").json()["stdout"] == "after\n"
 
 
+def test_a_dead_workers_containers_are_removed_by_a_sibling_on_its_engine(
+    small_cluster: tuple[Cluster, RedisServer, Proc], second_engine: docker.DockerClient
+) -> None:
+    c, _, node = small_cluster
+    gil = Client(c.key("gil"))
+    job_id = gil.submit(node, SLEEPER.format(s=300))  # w1 is the only worker yet: it runs the job
+    gil.wait(node, job_id, until={"running"})
+    assert wait_until(lambda: bool(_running(second_engine, job_id)), timeout=10)
+    c.worker("w9", SECOND_ENGINE, RUNNER_JANITOR_S="2")
+    c.wait_for_workers(2, node)
+    next(p for p in c.procs if p.name == "w1").kill(9)
+    job = gil.wait(node, job_id, timeout=60)
+    assert job["status"] == "internal_error"
+    assert wait_until(lambda: not leftovers(second_engine, c.instance("w1")), timeout=15), c.logs()
+    assert "its worker is dead" in c.logs()
+
+
 def test_redis_down_is_a_503_and_everyone_reconnects_when_it_returns(
     small_cluster: tuple[Cluster, RedisServer, Proc],
 ) -> None:

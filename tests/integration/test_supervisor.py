@@ -236,3 +236,12 @@ def test_the_script_ends_as_python_would(api: Api) -> None:
     assert job["stdout"] == "thread done\natexit ran\n"
     assert job["stderr"] == "bye with text\n"
     assert [(a["name"], a["size"]) for a in job["artifacts"]] == [("unclosed.txt", len("flushed at exit"))]
+
+
+def test_runs_the_service_kills_report_usage_from_docker(api: Api, runtime: str) -> None:
+    r = api.run_json(["x = bytearray(50 * 1024 * 1024)", "while True: pass"], timeout=1.5)
+    job = r.json
+    assert job["status"] == "timed_out", job
+    if runtime == "runc" or job["cpu_seconds"] is not None:  # gVisor's sandbox may report no stats
+        assert 0.3 <= job["cpu_seconds"] < 10
+        assert job["peak_memory_bytes"] >= 50 * 1024 * 1024

@@ -1,0 +1,121 @@
+"""The janitor: every RUNNER_JANITOR_S, remove the containers this service left on its engine and no longer needs.
+
+Run containers are removed right after their run, and a start removes its instance's leftovers; the janitor
+catches what falls between: a removal that failed because the engine restarted under the service (the
+container stays, exited, with its labels), a download container of a build the engine interrupted, and the
+containers of a sibling worker that died (its heartbeat gone) on the same engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import docker.errors
+
+from app.sandbox.container import LABEL
+from app.sandbox.docker_gateway import DOCKER_ERRORS, DockerGateway
+
+log = logging.getLogger(__name__)
+GRACE_S = 30.0  # younger containers may be between their creation and their registration (pool, run, download)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one pass removed, by reason."""
+
+    removed: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.removed.values())
+
+
+class Janitor:
+    """Decides from labels, the engine's state and the job store which containers are garbage, and removes them.
+
+    - this instance's containers in use (pooled and waiting, or running a job here) are never touched;
+    - this instance's other containers go once older than GRACE_S: an exited one whatever it was, a running job
+      container whose job is no longer running, a running pooled container the pool no longer holds;
+    - another instance's containers go only when they carry this service's cluster label and `alive` says that
+      instance is dead (the distributed mode's heartbeats); None (unknown) leaves them alone.
+    """
+
+    def __init__(
+        self,
+        docker: DockerGateway,
+        instance: str,
+        *,
+        cluster: str = "",
+        in_use: Callable[[], set[str]],
+        job_running: Callable[[str], bool],
+        alive: Callable[[str], bool | None] = lambda instance: None,
+    ) -> None:
+        self._docker = docker
+        self._instance = instance
+        self._cluster = cluster
+        self._in_use = in_use
+        self._job_running = job_running
+        self._alive = alive
+
+    def sweep(self, now: float | None = None) -> Sweep:
+        now = time.time() if now is None else now
+        removed: dict[str, int] = {}
+        api = self._docker.client.api
+        found = api.containers(all=True, filters={"label": [LABEL]})
+        in_use = self._in_use()
+        for c in found:
+            reason = self._reason(c, in_use, now)
+            if reason is None:
+                continue
+            try:
+                api.remove_container(c["Id"], force=True, v=True)
+            except docker.errors.NotFound:
+                continue
+            except DOCKER_ERRORS:
+                log.warning("janitor: could not remove container %s (%s)", c["Id"][:12], reason, exc_info=True)
+                continue
+            labels = c.get("Labels") or {}
+            log.info(
+                "janitor: removed container %s of instance %s (job %s): %s",
+                c["Id"][:12], labels.get(f"{LABEL}.instance"), labels.get(f"{LABEL}.job", "-"), reason,
+            )  # fmt: skip
+            removed[reason] = removed.get(reason, 0) + 1
+        return Sweep(removed)
+
+    def _reason(self, c: dict[str, Any], in_use: set[str], now: float) -> str | None:
+        """Why the container is garbage, or None to keep it."""
+        labels = c.get("Labels") or {}
+        if c["Id"] in in_use or now - float(c.get("Created", now)) < GRACE_S:
+            return None
+        instance = labels.get(f"{LABEL}.instance")
+        if instance != self._instance:
+            ours = bool(self._cluster) and labels.get(f"{LABEL}.cluster") == self._cluster
+            return "its worker is dead" if ours and instance and self._alive(instance) is False else None
+        if c.get("State") != "running":
+            return "exited"
+        job = labels.get(f"{LABEL}.job")
+        if job is not None:
+            return None if self._job_running(job) else "its job is over"
+        if labels.get(f"{LABEL}.pool"):
+            return "a pooled container the pool no longer holds"
+        return None  # a download or build step still running: its build's own time limit ends it
+
+
+def start_janitor(janitor: Janitor, every_s: float, stop: threading.Event) -> threading.Thread:
+    """Sweep every `every_s` seconds on a thread of its own until `stop` is set; a failed pass is logged."""
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            try:
+                janitor.sweep()
+            except Exception:
+                log.warning("janitor: the pass failed; trying again in %s s", every_s, exc_info=True)
+
+    thread = threading.Thread(target=loop, name="janitor", daemon=True)
+    thread.start()
+    return thread
