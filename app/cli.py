@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from app import clients as client_keys
 from app.config import Settings
 from app.errors import RunnerError
 from app.images.base import BaseImageBuildError, base_image_exists, build_base_image
+from app.logs import configure_logging
 from app.sandbox.container import runtime_registered
 from app.server import serve_forever, serve_worker
 from app.services import Services
@@ -23,7 +23,11 @@ from app.store import Store
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Datapane script runner. With no command: serve."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        log_format = Settings.from_env().log_format
+    except ValueError:
+        log_format = "text"  # the command itself reports the bad setting
+    configure_logging(log_format)
     if ctx.invoked_subcommand is None:
         ctx.invoke(serve)
 

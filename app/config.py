@@ -80,6 +80,13 @@ class Settings:
     runtime: str = _setting(
         "RUNNER_RUNTIME", "runc", "OCI runtime of run containers: runc, or runsc (gVisor) once registered in Docker."
     )
+    metrics_token: str = _setting(
+        "RUNNER_METRICS_TOKEN", "", "When set, /metrics needs `Authorization: Bearer <token>`; empty: open."
+    )
+    metrics_port: int = _setting(
+        "RUNNER_METRICS_PORT", 0, "Port of a worker process's /metrics (on HOST); 0: none. API nodes use PORT."
+    )
+    log_format: str = _setting("RUNNER_LOG_FORMAT", "text", "Log lines as `text` or `json` (one object per line).")
     janitor_s: float = _setting(
         "RUNNER_JANITOR_S", 60.0, "How often leftover containers (e.g. after an engine restart) are looked for."
     )
@@ -92,6 +99,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"RUNNER_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.queue_url and not self.database_url:
             raise ValueError(
                 "RUNNER_QUEUE_URL needs RUNNER_DATABASE_URL: API nodes and workers must share one job store"

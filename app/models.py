@@ -161,6 +161,7 @@ class Job:
     artifacts: list[Artifact] = field(default_factory=list)
     callback_url: str | None = None
     webhook: WebhookState | None = None
+    container_id: str | None = None  # the Docker container it ran in (for operators; not shown to clients)
 
     def finish(self, status: Status, message: str, exit_code: int | None = None) -> None:
         """Mark the job ended."""

@@ -13,6 +13,8 @@ from app import create_app
 from app.config import Settings
 from app.jobs.watchdog import claim_instance, release_instance, start_heartbeat
 from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_signals
+from app.logs import GunicornLogger
+from app.metrics import serve_metrics
 from app.services import EXTENSION, Services
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class RunnerServer(BaseApplication):
         self.cfg.set("timeout", 0)
         self.cfg.set("graceful_timeout", int(s.max_timeout_s) + 30)
         self.cfg.set("accesslog", "-")
+        self.cfg.set("logger_class", GunicornLogger)
         self.cfg.set("worker_exit", _worker_exit)
 
     def load(self) -> Flask:
@@ -60,6 +63,8 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
         removed = svc.prepare_host()
         svc.resume_webhooks()
         svc.start_janitor()
+        if settings.metrics_port:
+            serve_metrics(svc.metrics, settings.host, settings.metrics_port, settings.metrics_token)
         log.info("worker %s: removed %d leftover containers, ended %d lost jobs", settings.instance, removed, lost)
         ctx = WorkerContext(svc.store, svc.runner, settings.instance)
         svc.start_watchdog()

@@ -28,6 +28,7 @@ from app.jobs.service import JobService
 from app.jobs.streams import REDIS_ERRORS, RedisOutputs
 from app.jobs.watchdog import Watchdog, alive_key, lost_worker_message, start_watchdog
 from app.jobs.webhooks import WebhookSender, WebhookStore, parse_allow
+from app.metrics import Metrics
 from app.models import Job, Status
 from app.sandbox.container import SandboxPolicy, remove_leftovers
 from app.sandbox.docker_gateway import DockerGateway
@@ -73,6 +74,26 @@ class Services:
         )  # fmt: skip
 
     @cached_property
+    def metrics(self) -> Metrics:
+        """This process's instruments, with the gauges read when scraped."""
+        metrics = Metrics()
+        metrics.gauge(
+            "runner_pool_containers", "Pre-started containers waiting in this process's warm pool.",
+            lambda: self.pool.size() if "pool" in self.__dict__ else 0,
+        )  # fmt: skip
+        metrics.gauges(
+            "runner_jobs", "Jobs queued or running, from the job store (the whole cluster's in the distributed mode).",
+            "status", (Status.QUEUED.value, Status.RUNNING.value), self._count_status,
+        )  # fmt: skip
+        return metrics
+
+    def _count_status(self, status: str) -> float:
+        try:
+            return self.store.count_status(Status(status))
+        except Exception:  # the store does not answer: the scrape still shows the rest
+            return float("nan")
+
+    @cached_property
     def outputs(self) -> OutputBus:
         if self.distributed:
             return RedisOutputs(self.redis, ttl_s=OUTPUT_TTL_S)
@@ -112,7 +133,8 @@ class Services:
     def pool(self) -> WarmPool:
         s = self.settings
         default = resolve_limits({}, s)
-        return WarmPool(self.docker, self.policy, PoolSettings(s.pool_size, s.pool_images, s.pool_idle_s, default))
+        settings = PoolSettings(s.pool_size, s.pool_images, s.pool_idle_s, default)
+        return WarmPool(self.docker, self.policy, settings, self.metrics)
 
     @cached_property
     def image_cache(self) -> ImageCache:
@@ -138,6 +160,7 @@ class Services:
             policy=self.policy,
             image_prefix=self.settings.image_prefix,
             on_finished=self._job_finished,
+            metrics=self.metrics,
         )
 
     def _job_finished(self, job: Job) -> None:
@@ -152,7 +175,7 @@ class Services:
         store = WebhookStore(self.store.get_job, self.store.save_webhook_state, self.store.webhook_secret)
         return WebhookSender(
             store, webhook_body, allow=parse_allow(s.webhook_allow), backoff_s=s.webhook_backoff_s,
-            timeout_s=s.webhook_timeout_s,
+            timeout_s=s.webhook_timeout_s, metrics=self.metrics,
         )  # fmt: skip
 
     def resume_webhooks(self, every_worker: bool = False) -> int:
@@ -200,6 +223,7 @@ class Services:
             self.docker, self.settings.instance, cluster=self.policy.cluster,
             in_use=lambda: self.pool.container_ids() | self.runner.active_containers(),
             job_running=job_running, alive=self._worker_alive if self.distributed else lambda instance: None,
+            metrics=self.metrics,
         )  # fmt: skip
 
     def _worker_alive(self, instance: str) -> bool | None:
@@ -236,6 +260,7 @@ class Services:
     def prepare_host(self) -> int:
         """Remove this instance's leftover containers, expire old jobs and warm the base image's pool."""
         removed = remove_leftovers(self.docker.client, self.settings.instance)
+        self.metrics.containers_reaped.labels("start").inc(removed)
         self.jobs.purge_expired()
         self.pool.warm(self.client_images.base_id(self.docker.client))  # the image of every run without packages
         return removed

@@ -48,6 +48,7 @@ jobs = sa.Table(
     sa.Column("artifacts", sa.Text, nullable=False, server_default="[]"),  # JSON: name, size, sha256, content_type
     sa.Column("callback_url", sa.Text),
     sa.Column("webhook", sa.Text),  # JSON: status, attempts, last_error
+    sa.Column("container_id", sa.Text),  # the Docker container the job ran in
     sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
     sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
     sa.Index("jobs_by_finish", "finished_at"),
@@ -115,7 +116,14 @@ def _v4_webhooks(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE clients ADD COLUMN webhook_secret TEXT"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks]
+def _v5_container(conn: Connection) -> None:
+    """Jobs gain the container they ran in."""
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN container_id TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks, _v5_container,
+]  # fmt: skip
 """MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
 VERSION = len(MIGRATIONS)
 
@@ -225,6 +233,9 @@ class Store:
 
     def count_jobs(self, client: str) -> int:
         return self._count(jobs.c.client == client)
+
+    def count_status(self, status: Status) -> int:
+        return self._count(jobs.c.status == status.value)
 
     def count_unfinished(self, client: str | None = None) -> int:
         """Jobs queued or running, of everyone or of one client."""
@@ -492,6 +503,7 @@ def _job_values(job: Job) -> dict[str, Any]:
         "artifacts": json.dumps([a.__dict__ for a in job.artifacts]),
         "callback_url": job.callback_url,
         "webhook": json.dumps(job.webhook.__dict__) if job.webhook is not None else None,
+        "container_id": job.container_id,
     }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from flask import Blueprint
 from flask.typing import RouteCallable
 
-from app.api import job_routes, meta_routes, run_routes
+from app.api import instrument, job_routes, meta_routes, run_routes
 from app.api.auth import require_key
 
 bp = Blueprint("api", __name__)
+bp.before_app_request(instrument.start_timer)  # every request, also those no route matches
+bp.after_app_request(instrument.count_response)
 bp.before_request(require_key)
 
 ROUTES: list[tuple[str, RouteCallable, list[str]]] = [
@@ -21,6 +23,7 @@ ROUTES: list[tuple[str, RouteCallable, list[str]]] = [
     ("/jobs/<job_id>", job_routes.delete_job, ["DELETE"]),
     ("/healthz", meta_routes.healthz, ["GET"]),
     ("/openapi.json", meta_routes.openapi, ["GET"]),
+    ("/metrics", meta_routes.metrics, ["GET"]),
 ]
 for rule, view, methods in ROUTES:
     bp.add_url_rule(rule, view_func=view, methods=methods)

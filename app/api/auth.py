@@ -6,9 +6,10 @@ from flask import g, request
 
 from app.clients import authenticate
 from app.errors import Forbidden
+from app.logs import bind
 from app.services import services
 
-PUBLIC_ENDPOINTS = {"api.healthz", "api.openapi"}
+PUBLIC_ENDPOINTS = {"api.healthz", "api.openapi", "api.metrics"}  # /metrics: its own token
 
 
 def require_key() -> None:
@@ -18,6 +19,8 @@ def require_key() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     g.client = authenticate(services().store, key.strip() if scheme.lower() == "bearer" else None)
+    request.environ["runner.client"] = g.client  # for the access log
+    bind(client=g.client)
 
 
 def client_for(named: str | None) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
+from prometheus_client.exposition import choose_encoder
 
 from app.api.openapi import build_spec
 from app.api.schemas import HealthSchema
+from app.errors import Unauthorized
 from app.health import check_api_node_health, check_health
+from app.metrics import DENIED, authorized
 from app.services import services
 
 
@@ -28,6 +31,25 @@ def healthz() -> tuple[Response, int]:
     else:
         body = check_health(svc.docker, base_image=svc.settings.base_image, runtime=svc.settings.runtime)
     return jsonify(HealthSchema().dump(body)), 200 if body["status"] == "ok" else 503
+
+
+def metrics() -> Response:
+    """This process's metrics in the Prometheus text format.
+
+    ---
+    get:
+      summary: Prometheus metrics (runs, builds, pool, containers, queue, HTTP); needs `Authorization - Bearer
+        <RUNNER_METRICS_TOKEN>` when the operator set one
+      security: []
+      responses:
+        200: {description: OK, content: {text/plain: {schema: {type: string}}}}
+        401: {$ref: "#/components/responses/Error"}
+    """
+    svc = services()
+    if not authorized(request.headers.get("Authorization"), svc.settings.metrics_token):
+        raise Unauthorized(DENIED)
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))  # text, or OpenMetrics when asked
+    return Response(encode(svc.metrics.registry), content_type=content_type)
 
 
 def openapi() -> Response:

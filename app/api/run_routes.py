@@ -11,6 +11,7 @@ from app.api.parsing import check_script_name, check_size, load, read_uploads, r
 from app.api.schemas import RunFormSchema, RunJsonSchema, job_schema
 from app.errors import UnsupportedMediaType, ValidationFailed
 from app.jobs.service import JobService
+from app.logs import bind
 from app.models import Job, RunSpec, Status
 from app.services import services
 
@@ -101,11 +102,13 @@ def run_file() -> Response:
 def _start(spec: RunSpec) -> Response:
     svc = services()
     job = svc.jobs.submit(spec)
+    bind(job_id=job.id)
     if request.args.get("async", "").lower() in ("1", "true", "yes"):
         status_url = url_for("api.job_status", job_id=job.id)
         response = jsonify({"job_id": job.id, "status": job.status.value, "status_url": status_url})
         response.status_code = 202
         response.headers["Location"] = status_url
+        response.headers["X-Job-Id"] = job.id
         return response
     if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == "application/json":
         response = jsonify(job_schema.dump(svc.jobs.wait_finished(job)))

@@ -15,6 +15,8 @@ from app.images.client_images import BuildHooks, ClientImages, client_image_tag
 from app.images.deps import MAX_REQUIREMENTS, canonical_set, distributions_for, third_party_imports
 from app.jobs.executor import CancelToken
 from app.jobs.outputs import OutputBus, OutputWriter
+from app.logs import bind, log_context
+from app.metrics import Metrics
 from app.models import Job, RunOutcome, RunSpec, Status
 from app.redaction import client_line, redact
 from app.sandbox.container import LABEL, Run, SandboxPolicy
@@ -44,7 +46,9 @@ class JobRunner:
         policy: SandboxPolicy,
         image_prefix: str,
         on_finished: Callable[[Job], None] = lambda job: None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._outputs = outputs
         self._docker = docker
@@ -60,7 +64,7 @@ class JobRunner:
         """Run the job to its end and record it; never raises, always closes its live output."""
         channel = self._outputs.open(job_id)
         # The container is removed last, after the result is recorded and its readers are released.
-        with ExitStack() as cleanup:
+        with log_context(job_id=job_id, client=spec.client), ExitStack() as cleanup:
             try:
                 job = self._store.get_job(job_id)
                 if job is not None:  # None: deleted while queued
@@ -79,6 +83,7 @@ class JobRunner:
                 return
             job.status, job.worker = Status.RUNNING, self._policy.instance
             self._store.save_job(job)
+            self._metrics.queue_wait_seconds.observe(max(time.time() - job.created_at, 0.0))
             outcome = self._build_and_run(job, spec, token, progress, cleanup)
             job.finished_at = time.time()
             job.finish(outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
@@ -98,7 +103,13 @@ class JobRunner:
             job.stdout, job.stderr, job.output = progress.stdout, progress.stderr, progress.output
             job.build_log = progress.build_log
             self._record(job)
+            self._count(job)
             self._on_finished(job)
+
+    def _count(self, job: Job) -> None:
+        self._metrics.runs.labels(job.status.value).inc()
+        if job.started_at is not None and job.finished_at is not None:
+            self._metrics.run_seconds.observe(max(job.finished_at - job.started_at, 0.0))
 
     def _keep_artifacts(self, job: Job, outcome: RunOutcome) -> None:
         """Store the run's output files with the job, and say in its message which were left out."""
@@ -143,20 +154,29 @@ class JobRunner:
             on_cancel=token.on_cancel,
             cancelled=lambda: token.cancelled,
         )
-        image_id, built = self._client_images.ensure(
-            docker, tag=tag, client_name=spec.client, requirements=requirements, hooks=hooks
-        )
+        began = time.monotonic()
+        try:
+            image_id, built = self._client_images.ensure(
+                docker, tag=tag, client_name=spec.client, requirements=requirements, hooks=hooks
+            )
+        except BuildFailed:
+            self._metrics.builds.labels("failed").inc()
+            raise
         if built:
+            self._metrics.builds.labels("built").inc()
+            self._metrics.build_seconds.observe(time.monotonic() - began)
             self._image_cache.admit(docker, tag, spec.client)
         if token.cancelled:
             return RunOutcome.cancelled_before_start()
         run = self._pool.take(image_id, spec.limits) or Run(
-            docker, image_id, spec.limits, self._policy, {"job": job.id, "client": spec.client}
+            docker, image_id, spec.limits, self._policy, {"job": job.id, "client": spec.client}, self._metrics
         )
         cleanup.callback(self._pool.replenish, image_id)  # runs after the removal below
         cleanup.callback(self._active.discard, run.container_id)
         cleanup.callback(run.remove)
         self._active.add(run.container_id)
+        job.container_id = run.container_id
+        bind(container_id=run.container_id)
         cleanup.callback(self._confirm, run, job)  # after the answer, before the removal
         token.on_cancel(run.cancel)
         log.info("job %s of %s runs in container %s", job.id, spec.client, run.container_id[:12])

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import urllib3
 
 from app.errors import ValidationFailed
+from app.logs import log_context
+from app.metrics import Metrics
 from app.models import Job, WebhookState
 
 log = logging.getLogger(__name__)
@@ -156,8 +158,10 @@ class WebhookSender:
         allow: tuple[IpNetwork, ...],
         backoff_s: float,
         timeout_s: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
         self._render = render
         self._allow = allow
         self._backoff_s = backoff_s
@@ -200,6 +204,10 @@ class WebhookSender:
                 return
 
     def _attempt(self, job_id: str, attempt: int) -> None:
+        with log_context(job_id=job_id):
+            self._deliver(job_id, attempt)
+
+    def _deliver(self, job_id: str, attempt: int) -> None:
         try:
             job = self._store.get_job(job_id)
             if job is None or not job.callback_url or not job.status.finished:
@@ -208,12 +216,14 @@ class WebhookSender:
             try:
                 post(job.callback_url, body, self._store.secret_of(job.client), self._allow, self._timeout_s)
             except DeliveryFailed as e:
+                self._metrics.webhooks.labels("failed").inc()
                 last = attempt >= ATTEMPTS
                 self._store.save_state(job_id, WebhookState("failed" if last else "pending", attempt, str(e)))
                 log.info("job %s webhook attempt %d failed: %s", job_id, attempt, e)
                 if not last:
                     self.job_ended(job_id, attempt + 1, self._backoff_s * 2 ** (attempt - 1))
                 return
+            self._metrics.webhooks.labels("delivered").inc()
             self._store.save_state(job_id, WebhookState("delivered", attempt, None))
             log.info("job %s webhook delivered (attempt %d)", job_id, attempt)
         except Exception:

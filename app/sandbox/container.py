@@ -22,6 +22,7 @@ from docker.utils.socket import frames_iter
 from werkzeug.utils import secure_filename
 
 from app.errors import SandboxError
+from app.metrics import Metrics
 from app.models import Artifact, Limits, Program, RunOutcome, Usage
 from app.sandbox.agent import CHUNK as AGENT_CHUNK
 from app.sandbox.agent import NONCE_SIZE
@@ -210,9 +211,17 @@ class Run:
     """One container's life: create, start, feed, stream, judge, remove (remove() also when it never ran)."""
 
     def __init__(
-        self, client: docker.DockerClient, image: str, limits: Limits, policy: SandboxPolicy, labels: dict[str, str]
+        self,
+        client: docker.DockerClient,
+        image: str,
+        limits: Limits,
+        policy: SandboxPolicy,
+        labels: dict[str, str],
+        metrics: Metrics | None = None,
     ) -> None:
         self._api = client.api
+        self._metrics = metrics
+        self._removed = False
         self._limits = limits
         self._policy = policy
         self._timed_out = threading.Event()
@@ -235,6 +244,8 @@ class Run:
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},
                 host_config=hardened_host_config(self._api, limits, policy),
             )["Id"]
+        if metrics is not None:
+            metrics.containers_created.inc()
 
     def alive(self) -> bool:
         """A started container whose agent still waits: its output stream is silent and open."""
@@ -387,17 +398,23 @@ class Run:
         """Remove the container, retrying; a failure is logged (the next start removes leftovers by label)."""
         if self._sock is not None:  # a pooled run that never ran still holds its attach socket
             close_socket(self._sock)
+        if self._removed:
+            return
         for attempt in range(3):
             try:
                 self._api.remove_container(self.container_id, force=True, v=True)
-                return
             except docker.errors.NotFound:
-                return
+                pass
             except DOCKER_ERRORS:
                 if attempt == 2:
                     log.exception("could not remove container %s; it will be removed at next start", self.container_id)
                 else:
                     time.sleep(0.5)
+                continue
+            self._removed = True
+            if self._metrics is not None:
+                self._metrics.containers_removed.inc()
+            return
 
 
 def docker_usage(api: docker.APIClient, container_id: str) -> Usage | None:

@@ -17,11 +17,18 @@ from typing import Any
 
 import docker.errors
 
+from app.metrics import Metrics
 from app.sandbox.container import LABEL
 from app.sandbox.docker_gateway import DOCKER_ERRORS, DockerGateway
 
 log = logging.getLogger(__name__)
 GRACE_S = 30.0  # younger containers may be between their creation and their registration (pool, run, download)
+REASONS = {  # the metric's label -> the log's words
+    "exited": "exited",
+    "job_over": "its job is over",
+    "pool_orphan": "a pooled container the pool no longer holds",
+    "worker_dead": "its worker is dead",
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,9 @@ class Janitor:
         in_use: Callable[[], set[str]],
         job_running: Callable[[str], bool],
         alive: Callable[[str], bool | None] = lambda instance: None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._docker = docker
         self._instance = instance
         self._cluster = cluster
@@ -69,9 +78,10 @@ class Janitor:
         found = api.containers(all=True, filters={"label": [LABEL]})
         in_use = self._in_use()
         for c in found:
-            reason = self._reason(c, in_use, now)
-            if reason is None:
+            code = self._reason(c, in_use, now)
+            if code is None:
                 continue
+            reason = REASONS[code]
             try:
                 api.remove_container(c["Id"], force=True, v=True)
             except docker.errors.NotFound:
@@ -85,24 +95,25 @@ class Janitor:
                 c["Id"][:12], labels.get(f"{LABEL}.instance"), labels.get(f"{LABEL}.job", "-"), reason,
             )  # fmt: skip
             removed[reason] = removed.get(reason, 0) + 1
+            self._metrics.containers_reaped.labels(code).inc()
         return Sweep(removed)
 
     def _reason(self, c: dict[str, Any], in_use: set[str], now: float) -> str | None:
-        """Why the container is garbage, or None to keep it."""
+        """Why the container is garbage (a key of REASONS), or None to keep it."""
         labels = c.get("Labels") or {}
         if c["Id"] in in_use or now - float(c.get("Created", now)) < GRACE_S:
             return None
         instance = labels.get(f"{LABEL}.instance")
         if instance != self._instance:
             ours = bool(self._cluster) and labels.get(f"{LABEL}.cluster") == self._cluster
-            return "its worker is dead" if ours and instance and self._alive(instance) is False else None
+            return "worker_dead" if ours and instance and self._alive(instance) is False else None
         if c.get("State") != "running":
             return "exited"
         job = labels.get(f"{LABEL}.job")
         if job is not None:
-            return None if self._job_running(job) else "its job is over"
+            return None if self._job_running(job) else "job_over"
         if labels.get(f"{LABEL}.pool"):
-            return "a pooled container the pool no longer holds"
+            return "pool_orphan"
         return None  # a download or build step still running: its build's own time limit ends it
 
 

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from app.errors import RunnerError
+from app.metrics import Metrics
 from app.models import Limits
 from app.sandbox.container import Run, SandboxPolicy
 from app.sandbox.docker_gateway import DockerGateway
@@ -34,8 +35,11 @@ class _Warm:
 class WarmPool:
     """Hands out started containers whose agent already waits; never one twice, never above its bounds."""
 
-    def __init__(self, docker: DockerGateway, policy: SandboxPolicy, settings: PoolSettings) -> None:
+    def __init__(
+        self, docker: DockerGateway, policy: SandboxPolicy, settings: PoolSettings, metrics: Metrics | None = None
+    ) -> None:
         self._docker = docker
+        self._metrics = metrics or Metrics()
         self._policy = policy
         self._settings = settings
         self._lock = threading.Lock()
@@ -64,6 +68,7 @@ class WarmPool:
         """A started run for `image_id` with `limits`, or None (the caller starts one on demand)."""
         pooled = self._settings.limits
         if not self.enabled or (limits.memory_mb, limits.cpus) != (pooled.memory_mb, pooled.cpus):
+            self._metrics.pool_takes.labels("bypass").inc()
             return None
         dead: list[Run] = []
         with self._lock:
@@ -83,6 +88,7 @@ class WarmPool:
                 self.misses += 1
             else:
                 self.hits += 1
+        self._metrics.pool_takes.labels("miss" if taken is None else "hit").inc()
         for run in dead:
             run.remove()
         if taken is None:
@@ -128,7 +134,8 @@ class WarmPool:
             with self._lock:
                 wanted = image_id in self._ready and not self._closed
             if wanted:
-                run = Run(self._docker.client, image_id, self._settings.limits, self._policy, {"pool": "1"})
+                limits = self._settings.limits
+                run = Run(self._docker.client, image_id, limits, self._policy, {"pool": "1"}, self._metrics)
                 run.start()
         except RunnerError as e:
             log.warning("could not pre-start a container of %s: %s", image_id[:19], e.message)

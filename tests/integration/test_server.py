@@ -17,6 +17,7 @@ import docker
 import pytest
 
 from app.sandbox.container import LABEL
+from app.store import Store
 from tests.backing import free_port
 from tests.helpers import TEST_IMAGE_PREFIX
 
@@ -25,6 +26,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) -> Iterator[tuple[int, str, dict]]:
+    yield from serve(tmp_path, base_image, docker_client, {})
+
+
+@pytest.fixture
+def json_logging_server(
+    tmp_path: Path, base_image: str, docker_client: docker.DockerClient
+) -> Iterator[tuple[int, str, dict]]:
+    yield from serve(tmp_path, base_image, docker_client, {"RUNNER_LOG_FORMAT": "json"})
+
+
+def serve(
+    tmp_path: Path, base_image: str, docker_client: docker.DockerClient, settings: dict[str, str]
+) -> Iterator[tuple[int, str, dict]]:
+    """`python run.py` on a free port, its output in tmp_path/server.log; stopped and checked for leftovers after."""
     port = free_port()
     instance = f"test-srv-{uuid.uuid4().hex[:8]}"
     env = {
@@ -34,6 +49,7 @@ def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) 
         "RUNNER_INSTANCE": instance,
         "RUNNER_BASE_IMAGE": base_image,
         "RUNNER_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
+        **settings,
     }
     made = subprocess.run(
         [sys.executable, "run.py", "clients", "create", "test-client"],
@@ -156,3 +172,30 @@ def test_healthz_is_public_and_ok(server, request: pytest.FixtureRequest) -> Non
     resp = conn.getresponse()
     assert resp.status == 200
     assert json.loads(resp.read())["base_image_present"] is True
+
+
+def test_json_logs_are_one_object_per_line_with_the_job_client_and_container(
+    json_logging_server, tmp_path: Path
+) -> None:
+    port, key, _ = json_logging_server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = json.dumps({"script_name": "main.py", "code": "print('hello')"})
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {key}"}
+    conn.request("POST", "/run-json", body=body, headers=headers)
+    job = json.loads(conn.getresponse().read())
+    conn.close()
+    assert job["status"] == "succeeded"
+    time.sleep(0.5)  # the access line follows the answer
+
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
+    assert all({"time", "level", "event", "logger"} <= line.keys() for line in lines)
+    access = [line for line in lines if line["event"] == "http_request" and line.get("path") == "/run-json"]
+    assert len(access) == 1
+    assert access[0]["status"] == 200 and access[0]["method"] == "POST" and access[0]["client"] == "test-client"
+    assert access[0]["job_id"] == job["job_id"]
+    ran = [line for line in lines if line.get("job_id") == job["job_id"] and "container_id" in line]
+    assert ran, "no line of the run names its container"
+    stored = Store(tmp_path / "runner.sqlite3").get_job(job["job_id"])
+    assert stored is not None and stored.container_id == ran[0]["container_id"]
+    assert ran[0]["client"] == "test-client"
+    assert "container_id" not in job  # a host detail: operators see it, clients do not

@@ -30,7 +30,13 @@ class FakeRun:
     """A container that is never created: it records what the pool does with it."""
 
     def __init__(
-        self, client: object, image_id: str, limits: Limits, policy: SandboxPolicy, labels: dict[str, str]
+        self,
+        client: object,
+        image_id: str,
+        limits: Limits,
+        policy: SandboxPolicy,
+        labels: dict[str, str],
+        metrics: object = None,
     ) -> None:
         self.client, self.image_id, self.limits, self.policy, self.labels = client, image_id, limits, policy, labels
         self.container_id = f"fake-{id(self):x}"
@@ -57,9 +63,15 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[FakeRun]:
 
     class RecordedRun(FakeRun):
         def __init__(
-            self, client: object, image_id: str, limits: Limits, policy: SandboxPolicy, labels: dict[str, str]
+            self,
+            client: object,
+            image_id: str,
+            limits: Limits,
+            policy: SandboxPolicy,
+            labels: dict[str, str],
+            metrics: object = None,
         ) -> None:
-            super().__init__(client, image_id, limits, policy, labels)
+            super().__init__(client, image_id, limits, policy, labels, metrics)
             made.append(self)
 
     monkeypatch.setattr(pool_module, "Run", RecordedRun)
