@@ -61,6 +61,15 @@ def client_tags(docker_client: docker.DockerClient, app) -> set[str]:
     return {t for i in docker_client.api.images() for t in i.get("RepoTags") or [] if t.startswith(prefix)}
 
 
+def sample(api: Api, name: str, **labels: str) -> float | None:
+    """A value of the app's metrics, as /metrics shows it."""
+    return api.app.extensions[EXTENSION].metrics.registry.get_sample_value(name, labels)
+
+
+def builds(api: Api, result: str) -> float:
+    return sample(api, "runner_image_builds_total", result=result) or 0.0
+
+
 def test_detected_import_is_installed_with_its_mapped_name(deps_app) -> None:
     api = Api(deps_app())
     r = api.run_json(["import yaml", "from bs4 import BeautifulSoup", "print(yaml.__version__, BeautifulSoup.version)"])
@@ -78,6 +87,8 @@ def test_second_run_with_the_same_imports_builds_nothing(deps_app, docker_client
     assert first["build_log"] and second["build_log"] == ""
     assert client_tags(docker_client, api.app) == tags
     assert len(tags) == 1
+    assert builds(api, "built") == 1 and builds(api, "failed") == 0
+    assert sample(api, "runner_image_build_duration_seconds_count") == 1
 
 
 def test_changed_import_set_builds_a_new_image(deps_app, docker_client) -> None:
@@ -126,6 +137,7 @@ def test_nonexistent_package_is_build_failed_naming_it(deps_app) -> None:
     assert job["status"] == "build_failed"
     assert "nosuchpkgxyz" in job["message"]
     assert "No matching distribution found for nosuchpkgxyz" in job["build_log"]
+    assert builds(api, "failed") == 1 and builds(api, "built") == 0
 
 
 def test_requirements_field_pins_are_honoured(deps_app) -> None:
