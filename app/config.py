@@ -87,6 +87,9 @@ class Settings:
         "RUNNER_METRICS_PORT", 0, "Port of a worker process's /metrics (on HOST); 0: none. API nodes use PORT."
     )
     log_format: str = _setting("RUNNER_LOG_FORMAT", "text", "Log lines as `text` or `json` (one object per line).")
+    drain_s: float = _setting(
+        "RUNNER_DRAIN_S", 60.0, "On SIGTERM: how long running jobs may finish (no new ones) before they are cancelled."
+    )
     janitor_s: float = _setting(
         "RUNNER_JANITOR_S", 60.0, "How often leftover containers (e.g. after an engine restart) are looked for."
     )

@@ -62,6 +62,12 @@ class QueueUnavailable(RunnerError):
     status, code = 503, "queue_unavailable"
 
 
+class Draining(RunnerError):
+    """The service is stopping: it finishes the jobs it has and takes no new ones."""
+
+    status, code = 503, "draining"
+
+
 class StoreUnavailable(RunnerError):
     status, code = 503, "store_unavailable"
 

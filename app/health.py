@@ -1,4 +1,8 @@
-"""Whether this instance can run scripts: Docker answers, the base image exists, the runtime is registered."""
+"""Liveness, and readiness: whether this instance can take scripts now.
+
+Ready: Docker answers, the base image exists, the runtime is registered (an API node of the distributed mode: Redis
+and the store answer), and the service is not draining.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ from app.sandbox.docker_gateway import DockerGateway
 from app.store import Store
 
 
-def check_health(docker: DockerGateway, *, base_image: str, runtime: str) -> dict[str, Any]:
-    """The health answer: status ok or unavailable, a message saying what is missing, and each check."""
+def check_health(docker: DockerGateway, *, base_image: str, runtime: str, draining: bool = False) -> dict[str, Any]:
+    """The readiness answer: status ok or unavailable, a message saying what is missing, and each check."""
     docker_ok = docker.ping()
     image_ok = docker_ok and base_image_present(docker.client, base_image)
     runtime_ok = docker_ok and _runtime_ok(docker, runtime)
-    ready = image_ok and runtime_ok
+    ready = image_ok and runtime_ok and not draining
     problems = [
+        *([DRAINING_PROBLEM] if draining else []),
         *([] if docker_ok else ["the Docker engine does not answer"]),
         *([] if image_ok or not docker_ok else [f"the base image {base_image} is missing"]),
         *([] if runtime_ok or not docker_ok else [f"the Docker engine has no runtime {runtime!r} (RUNNER_RUNTIME)"]),
@@ -34,7 +39,16 @@ def check_health(docker: DockerGateway, *, base_image: str, runtime: str) -> dic
         "base_image_present": image_ok,
         "runtime": runtime,
         "runtime_available": runtime_ok,
+        "draining": draining,
     }
+
+
+DRAINING_PROBLEM = "the service is stopping (draining: running jobs end, no new ones are taken)"
+
+
+def liveness() -> dict[str, Any]:
+    """The process answers: all /healthz checks (readiness is /readyz)."""
+    return {"status": "ok", "message": "The service is running; /readyz says whether it takes scripts."}
 
 
 def _runtime_ok(docker: DockerGateway, runtime: str) -> bool:
@@ -44,17 +58,18 @@ def _runtime_ok(docker: DockerGateway, runtime: str) -> bool:
         return False
 
 
-def check_api_node_health(conn: redis.Redis, store: Store) -> dict[str, Any]:
-    """The health of an API node of the distributed mode: Redis and the store answer, and some worker is alive."""
+def check_api_node_health(conn: redis.Redis, store: Store, draining: bool = False) -> dict[str, Any]:
+    """The readiness of an API node of the distributed mode: Redis and the store answer (and how many workers)."""
     queue_ok = _answers(conn.ping)
     database_ok = _answers(store.ping)
     workers = live_workers(conn) if queue_ok else 0
     problems = [
+        *([DRAINING_PROBLEM] if draining else []),
         *([] if queue_ok else ["the job queue (Redis) does not answer"]),
         *([] if database_ok else ["the job store does not answer"]),
         *([] if workers or not queue_ok else ["no worker is running (jobs wait in the queue until one starts)"]),
     ]
-    ready = queue_ok and database_ok
+    ready = queue_ok and database_ok and not draining
     message = "Ready to accept scripts." if ready else "Not ready: " + "; ".join(problems) + "."
     if ready and not workers:
         message = "Accepting scripts, but " + problems[0] + "."
@@ -64,6 +79,7 @@ def check_api_node_health(conn: redis.Redis, store: Store) -> dict[str, Any]:
         "queue": queue_ok,
         "database": database_ok,
         "workers": workers,
+        "draining": draining,
     }
 
 

@@ -8,9 +8,11 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from app import create_app
 from app.config import Settings
+from app.jobs.service import DRAINED
 from app.jobs.watchdog import claim_instance, release_instance, start_heartbeat
 from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_signals
 from app.logs import GunicornLogger
@@ -31,10 +33,10 @@ class RunnerServer(BaseApplication):
         s = self.settings
         self.cfg.set("bind", f"{s.host}:{s.port}")
         self.cfg.set("workers", 1)
-        self.cfg.set("worker_class", "gthread")
+        self.cfg.set("worker_class", DrainingWorker)
         self.cfg.set("threads", s.threads)
         self.cfg.set("timeout", 0)
-        self.cfg.set("graceful_timeout", int(s.max_timeout_s) + 30)
+        self.cfg.set("graceful_timeout", int(s.drain_s) + 60)  # the drain, then the last answers are sent
         self.cfg.set("accesslog", "-")
         self.cfg.set("logger_class", GunicornLogger)
         self.cfg.set("worker_exit", _worker_exit)
@@ -44,6 +46,31 @@ class RunnerServer(BaseApplication):
         removed, marked = app.extensions[EXTENSION].recover()
         log.info("removed %d leftover containers, marked %d interrupted jobs", removed, marked)
         return app
+
+
+class DrainingWorker(ThreadWorker):
+    """Gunicorn's threaded worker, except that SIGTERM drains first.
+
+    The stock worker stops accepting at once on SIGTERM. This one keeps serving while the service drains (new
+    runs get 503 with Retry-After, /readyz says draining, reads and live output go on), and stops accepting once
+    the jobs here have ended or RUNNER_DRAIN_S has cancelled them; the arbiter waits for it (graceful_timeout).
+    """
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if getattr(self, "_draining", False):
+            return
+        self._draining = True
+        threading.Thread(target=self._drain_then_stop, name="drain", daemon=True).start()
+
+    def _drain_then_stop(self) -> None:
+        try:
+            app = getattr(self, "wsgi", None)
+            if app is not None and EXTENSION in getattr(app, "extensions", {}):
+                app.extensions[EXTENSION].drain()
+        except Exception:
+            log.exception("draining failed; stopping")
+        finally:
+            self.alive = False
 
 
 def _worker_exit(server: Any, worker: Any) -> None:  # gunicorn calls it with its (untyped) arbiter and worker
@@ -70,7 +97,7 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
         svc.start_watchdog()
         cancels = listen_for_cancels(ctx, svc.redis, stop)
         loops = Loops(ctx, svc.redis, settings.workers, burst=burst)
-        stop_on_signals(loops)
+        stop_on_signals(loops, lambda: _cancel_after_drain(ctx, settings.drain_s))
         loops.run_until_stopped()
         stop.set()
         cancels.join(timeout=5)
@@ -78,6 +105,13 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
         release_instance(svc.redis, settings.instance)
     finally:
         svc.close(wait=True)
+
+
+def _cancel_after_drain(ctx: WorkerContext, drain_s: float) -> None:
+    """A worker told to stop: its running jobs have RUNNER_DRAIN_S to end, then they are cancelled with a reason."""
+    timer = threading.Timer(drain_s, ctx.cancel_all, args=(DRAINED.format(drain_s),))
+    timer.daemon = True
+    timer.start()
 
 
 def serve_forever(settings: Settings) -> None:

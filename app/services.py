@@ -7,6 +7,7 @@ receives this object but the edges (routes, CLI, server).
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from contextlib import AbstractContextManager
 from functools import cached_property
@@ -24,7 +25,7 @@ from app.jobs.executor import JobExecutor, ThreadJobExecutor
 from app.jobs.outputs import OutputBus, OutputHub
 from app.jobs.queue import RqJobExecutor
 from app.jobs.runner import JobRunner
-from app.jobs.service import JobService
+from app.jobs.service import DRAINED, JobService
 from app.jobs.streams import REDIS_ERRORS, RedisOutputs
 from app.jobs.watchdog import Watchdog, alive_key, lost_worker_message, start_watchdog
 from app.jobs.webhooks import WebhookSender, WebhookStore, parse_allow
@@ -38,6 +39,7 @@ from app.sandbox.pool import PoolSettings, WarmPool
 from app.store import Store, database_url
 
 EXTENSION = "runner"
+log = logging.getLogger(__name__)
 OUTPUT_TTL_S = 3600  # a job's live output stream outlives its last entry by this long (the record keeps it all)
 
 
@@ -58,6 +60,7 @@ class Services:
             cluster=hashlib.sha256(settings.database_url.encode()).hexdigest()[:16] if settings.queue_url else "",
         )
         self._stop = threading.Event()
+        self.draining = threading.Event()  # set by drain(): no new jobs
 
     @property
     def distributed(self) -> bool:
@@ -126,8 +129,9 @@ class Services:
     def jobs(self) -> JobService:
         s = self.settings
         return JobService(
-            self.store, self.outputs, self.executor, retention_s=s.retention_s, client_max_jobs=s.client_max_jobs
-        )
+            self.store, self.outputs, self.executor, retention_s=s.retention_s, client_max_jobs=s.client_max_jobs,
+            draining=self.draining,
+        )  # fmt: skip
 
     @cached_property
     def pool(self) -> WarmPool:
@@ -264,6 +268,20 @@ class Services:
         self.jobs.purge_expired()
         self.pool.warm(self.client_images.base_id(self.docker.client))  # the image of every run without packages
         return removed
+
+    def drain(self) -> int:
+        """SIGTERM: take no new jobs; give the jobs here RUNNER_DRAIN_S to end, then cancel them with a reason.
+
+        Returns how many were cancelled. Reads (status, output, artifacts) go on being served meanwhile.
+        """
+        self.draining.set()
+        drain_s = self.settings.drain_s
+        if "executor" not in self.__dict__:  # no job was ever submitted here
+            return 0
+        log.info("draining: no new jobs; the jobs here have %g s to end", drain_s)
+        cancelled = self.executor.drain(drain_s, DRAINED.format(drain_s))
+        log.info("drained: %d jobs cancelled", cancelled)
+        return cancelled
 
     def close(self, wait: bool = False) -> None:
         """Stop the executor (cancelling or finishing jobs), then release Docker and the store."""

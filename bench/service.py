@@ -52,7 +52,7 @@ class Service:
         self.stop()
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Create the `bench` client's key, start serving and wait for /healthz."""
+        """Create the `bench` client's key, start serving and wait for /readyz."""
         created = subprocess.run(
             [sys.executable, "run.py", "clients", "create", "bench"],
             cwd=REPO,
@@ -70,7 +70,7 @@ class Service:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"the service exited with {self._proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass

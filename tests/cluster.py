@@ -108,7 +108,7 @@ class Cluster:
     def wait_for_workers(self, count: int, node: Proc, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if requests.get(f"{node.url}/healthz", timeout=5).json().get("workers", 0) >= count:
+            if requests.get(f"{node.url}/readyz", timeout=5).json().get("workers", 0) >= count:
                 return
             time.sleep(0.3)
         raise AssertionError(f"{count} workers did not start: " + self.logs())

@@ -22,6 +22,7 @@ ROUTES: list[tuple[str, RouteCallable, list[str]]] = [
     ("/jobs", job_routes.list_jobs, ["GET"]),
     ("/jobs/<job_id>", job_routes.delete_job, ["DELETE"]),
     ("/healthz", meta_routes.healthz, ["GET"]),
+    ("/readyz", meta_routes.readyz, ["GET"]),
     ("/openapi.json", meta_routes.openapi, ["GET"]),
     ("/metrics", meta_routes.metrics, ["GET"]),
 ]

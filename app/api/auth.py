@@ -9,7 +9,7 @@ from app.errors import Forbidden
 from app.logs import bind
 from app.services import services
 
-PUBLIC_ENDPOINTS = {"api.healthz", "api.openapi", "api.metrics"}  # /metrics: its own token
+PUBLIC_ENDPOINTS = {"api.healthz", "api.readyz", "api.openapi", "api.metrics"}  # /metrics: its own token
 
 
 def require_key() -> None:

@@ -8,28 +8,43 @@ from prometheus_client.exposition import choose_encoder
 from app.api.openapi import build_spec
 from app.api.schemas import HealthSchema
 from app.errors import Unauthorized
-from app.health import check_api_node_health, check_health
+from app.health import check_api_node_health, check_health, liveness
 from app.metrics import DENIED, authorized
 from app.services import services
 
 
 def healthz() -> tuple[Response, int]:
-    """Whether the service can run scripts.
+    """Liveness: the process answers.
 
     ---
     get:
-      summary: 200 when Docker answers, the base image exists and the runtime is registered (an API node of the
-        distributed mode - Redis and the shared store answer), else 503
+      summary: 200 while the process serves (liveness; whether it takes scripts is /readyz)
       security: []
       responses:
         200: {description: OK, content: {application/json: {schema: HealthSchema}}}
-        503: {description: Unavailable, content: {application/json: {schema: HealthSchema}}}
+    """
+    return jsonify(HealthSchema().dump(liveness())), 200
+
+
+def readyz() -> tuple[Response, int]:
+    """Readiness: whether the service takes scripts now.
+
+    ---
+    get:
+      summary: 200 when Docker answers, the base image exists, the runtime is registered (an API node of the
+        distributed mode - Redis and the shared store answer) and the service is not draining, else 503
+      security: []
+      responses:
+        200: {description: Ready, content: {application/json: {schema: HealthSchema}}}
+        503: {description: Not ready, content: {application/json: {schema: HealthSchema}}}
     """
     svc = services()
+    draining = svc.draining.is_set()
     if svc.distributed:
-        body = check_api_node_health(svc.redis, svc.store)
+        body = check_api_node_health(svc.redis, svc.store, draining)
     else:
-        body = check_health(svc.docker, base_image=svc.settings.base_image, runtime=svc.settings.runtime)
+        s = svc.settings
+        body = check_health(svc.docker, base_image=s.base_image, runtime=s.runtime, draining=draining)
     return jsonify(HealthSchema().dump(body)), 200 if body["status"] == "ok" else 503
 
 

@@ -248,6 +248,7 @@ class HealthSchema(Schema):
     queue = fields.Boolean(metadata={"description": "Distributed mode: Redis answers."})
     database = fields.Boolean(metadata={"description": "Distributed mode: the shared store answers."})
     workers = fields.Integer(metadata={"description": "Distributed mode: worker processes with a live heartbeat."})
+    draining = fields.Boolean(metadata={"description": "Stopping: running jobs end, new ones get 503."})
 
 
 class AcceptedSchema(Schema):

@@ -23,6 +23,7 @@ class CancelToken:
         self._lock = threading.Lock()
         self._cancelled = False
         self._callbacks: list[Callable[[], None]] = []
+        self.reason: str | None = None  # why, when the service cancelled it (not its owner)
 
     @property
     def cancelled(self) -> bool:
@@ -35,11 +36,12 @@ class CancelToken:
                 return
         callback()
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str | None = None) -> None:
         with self._lock:
             if self._cancelled:
                 return
             self._cancelled = True
+            self.reason = reason
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             cb()
@@ -60,6 +62,12 @@ class JobExecutor(Protocol):
 
     def shutdown(self, wait: bool) -> None:
         """Stop taking jobs; cancel what is queued; let running jobs finish if `wait`, else cancel them too."""
+
+    def drain(self, timeout_s: float, reason: str) -> int:
+        """Let the jobs here (queued and running) end within `timeout_s`, then cancel the rest with `reason`.
+
+        Returns how many were cancelled. New jobs are refused by the caller meanwhile.
+        """
 
 
 class ThreadJobExecutor:
@@ -135,6 +143,7 @@ class ThreadJobExecutor:
                     self._running[spec.client] -= 1
                     if not self._running[spec.client]:
                         del self._running[spec.client]
+                    self._cond.notify_all()  # a drain waits for the last job
 
     def cancel(self, job_id: str) -> bool:
         with self._cond:
@@ -143,6 +152,16 @@ class ThreadJobExecutor:
             return False
         entry[1].cancel()
         return True
+
+    def drain(self, timeout_s: float, reason: str) -> int:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._jobs and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(timeout=left)
+            tokens = [token for _, token in self._jobs.values()]
+        for token in tokens:
+            token.cancel(reason)
+        return len(tokens)
 
     def shutdown(self, wait: bool) -> None:
         with self._cond:

@@ -97,3 +97,7 @@ class RqJobExecutor:
 
     def shutdown(self, wait: bool) -> None:
         """Nothing runs here: the workers own the jobs."""
+
+    def drain(self, timeout_s: float, reason: str) -> int:
+        """Nothing runs here: queued jobs wait for the workers, whichever API node took them."""
+        return 0

@@ -78,7 +78,8 @@ class JobRunner:
             if token.cancelled:
                 job.finish(
                     Status.CANCELLED,
-                    "The job was cancelled before it started (by its owner, or because the service stopped).",
+                    token.reason
+                    or "The job was cancelled before it started (by its owner, or because the service stopped).",
                 )
                 return
             job.status, job.worker = Status.RUNNING, self._policy.instance
@@ -86,7 +87,10 @@ class JobRunner:
             self._metrics.queue_wait_seconds.observe(max(time.time() - job.created_at, 0.0))
             outcome = self._build_and_run(job, spec, token, progress, cleanup)
             job.finished_at = time.time()
-            job.finish(outcome.status, describe(outcome, job), exit_code=outcome.exit_code)
+            message = describe(outcome, job)
+            if outcome.status is Status.CANCELLED and token.reason:  # the service's cancel says why
+                message = token.reason
+            job.finish(outcome.status, message, exit_code=outcome.exit_code)
             job.record_usage(outcome.usage)
             self._keep_artifacts(job, outcome)
         except BuildFailed as e:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 
-from app.errors import NotFound
+from app.errors import Draining, NotFound
 from app.jobs.executor import JobExecutor
 from app.jobs.outputs import OutputBus
 from app.models import Artifact, Job, RunSpec, Status, WebhookState
 from app.store import Store
 
 INTERRUPTED = "The service stopped before this job ended; submit it again."
+DRAINED = "The service was stopping and this job did not end within RUNNER_DRAIN_S ({:g} s); submit it again."
+DRAINING = "The service is stopping and takes no new jobs; submit again in a moment (another node may take it)."
 
 
 class JobService:
@@ -26,7 +29,9 @@ class JobService:
         *,
         retention_s: float,
         client_max_jobs: int,
+        draining: threading.Event | None = None,
     ) -> None:
+        self._draining = draining or threading.Event()
         self._store = store
         self._outputs = outputs
         self._executor = executor
@@ -34,7 +39,12 @@ class JobService:
         self._client_max_jobs = client_max_jobs
 
     def submit(self, spec: RunSpec) -> Job:
-        """Record a queued job and hand it to the executor. :raises QueueFull: no room for it."""
+        """Record a queued job and hand it to the executor.
+
+        :raises QueueFull: no room for it. :raises Draining: the service is stopping.
+        """
+        if self._draining.is_set():
+            raise Draining(DRAINING, headers={"Retry-After": "10"})
         self.purge_expired()
         self._store.purge_beyond(spec.client, self._client_max_jobs)  # one client cannot fill the disk
         job = Job(

@@ -15,6 +15,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -48,6 +49,14 @@ class WorkerContext:
     instance: str
     tokens: dict[str, CancelToken] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cancel_all(self, reason: str) -> None:
+        """Cancel every job running here (the drain's end), saying why."""
+        with self.lock:
+            tokens = list(self.tokens.items())
+        for job_id, token in tokens:
+            log.info("job %s: cancelled at the end of the drain", job_id)
+            token.cancel(reason)
 
     def deliver_cancel(self, job_id: str) -> None:
         with self.lock:
@@ -203,12 +212,19 @@ def listen_for_cancels(ctx: WorkerContext, conn: Any, stop: threading.Event) -> 
     return thread
 
 
-def stop_on_signals(loops: Loops) -> None:
-    """SIGTERM/SIGINT: every loop finishes its current job, then stops (a warm shutdown, as RQ's own)."""
+def stop_on_signals(loops: Loops, on_stop: Callable[[], None] = lambda: None) -> None:
+    """SIGTERM/SIGINT: every loop finishes its current job, then stops (a warm shutdown, as RQ's own).
+
+    `on_stop` runs once, at the first signal (the drain's deadline).
+    """
+    stopping = threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping after the running jobs", signum)
         loops.stop()
+        if not stopping.is_set():
+            stopping.set()
+            on_stop()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -4,6 +4,7 @@ password) and one PostgreSQL, all started as an operator would (`python run.py`,
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -373,3 +374,27 @@ def test_a_burst_worker_drains_the_queue_and_exits(
     finally:
         c.close()
         redis_server.close()
+
+
+def test_a_worker_told_to_stop_gives_its_job_the_drain_then_cancels_it_with_a_reason(
+    tmp_path: Path, postgres: PostgresServer, second_engine: docker.DockerClient
+) -> None:
+    redis_server = RedisServer()
+    c = _make_cluster(tmp_path, postgres, redis_server, RUNNER_POOL_SIZE="0", RUNNER_DRAIN_S="3")
+    try:
+        node = c.api_node("a")
+        worker = c.worker("wd", SECOND_ENGINE)
+        c.wait_for_workers(1, node)
+        hal = Client(c.key("hal"))
+        quick, slow = hal.submit(node, SLEEPER.format(s=1)), hal.submit(node, SLEEPER.format(s=300))
+        hal.wait(node, slow, until={"running"})
+        stopped = time.monotonic()
+        worker.kill(signal.SIGTERM)  # returns once the worker has exited
+        assert 2.5 < time.monotonic() - stopped < 45, c.logs()
+        assert hal.wait(node, quick, timeout=10)["status"] == "succeeded"
+        job = hal.wait(node, slow, timeout=10)
+        assert job["status"] == "cancelled" and "RUNNER_DRAIN_S (3 s)" in job["message"], job
+    finally:
+        c.close()
+        redis_server.close()
+    assert wait_until(lambda: not leftovers(second_engine, c.instance("wd")), timeout=30), c.logs()

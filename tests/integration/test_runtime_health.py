@@ -13,15 +13,15 @@ from tests.helpers import registered_runtime
 
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
-def test_healthz_names_the_runtime(make_app, base_image: str, docker_client: docker.DockerClient, runtime: str) -> None:
+def test_readyz_names_the_runtime(make_app, base_image: str, docker_client: docker.DockerClient, runtime: str) -> None:
     registered_runtime(docker_client, runtime)
-    r = make_app(base_image=base_image, runtime=runtime).test_client().get("/healthz")
+    r = make_app(base_image=base_image, runtime=runtime).test_client().get("/readyz")
     assert r.status_code == 200, r.json
     assert (r.json["status"], r.json["runtime"], r.json["runtime_available"]) == ("ok", runtime, True)
 
 
 def test_a_runtime_docker_lacks_makes_the_service_unready(make_app, base_image: str, docker_client) -> None:
-    r = make_app(base_image=base_image, runtime="no-such-runtime").test_client().get("/healthz")
+    r = make_app(base_image=base_image, runtime="no-such-runtime").test_client().get("/readyz")
     assert r.status_code == 503
     assert r.json["runtime_available"] is False
     assert "no runtime 'no-such-runtime' (RUNNER_RUNTIME)" in r.json["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import docker
 import pytest
@@ -26,19 +28,31 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) -> Iterator[tuple[int, str, dict]]:
-    yield from serve(tmp_path, base_image, docker_client, {})
+    yield from (s[:3] for s in serve(tmp_path, base_image, docker_client, {}))
 
 
 @pytest.fixture
 def json_logging_server(
     tmp_path: Path, base_image: str, docker_client: docker.DockerClient
 ) -> Iterator[tuple[int, str, dict]]:
-    yield from serve(tmp_path, base_image, docker_client, {"RUNNER_LOG_FORMAT": "json"})
+    yield from (s[:3] for s in serve(tmp_path, base_image, docker_client, {"RUNNER_LOG_FORMAT": "json"}))
+
+
+@pytest.fixture
+def draining_server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) -> Iterator[Served]:
+    yield from serve(tmp_path, base_image, docker_client, {"RUNNER_DRAIN_S": "4"})
+
+
+class Served(NamedTuple):
+    port: int
+    key: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
 
 
 def serve(
     tmp_path: Path, base_image: str, docker_client: docker.DockerClient, settings: dict[str, str]
-) -> Iterator[tuple[int, str, dict]]:
+) -> Iterator[Served]:
     """`python run.py` on a free port, its output in tmp_path/server.log; stopped and checked for leftovers after."""
     port = free_port()
     instance = f"test-srv-{uuid.uuid4().hex[:8]}"
@@ -70,7 +84,7 @@ def serve(
         except OSError:
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             time.sleep(0.2)
-    yield port, key, env
+    yield Served(port, key, env, proc)
     proc.terminate()
     proc.wait(timeout=60)
     log.close()
@@ -164,14 +178,18 @@ def test_seed_curl_examples_work_with_a_key(server, tmp_path: Path) -> None:
     assert out == "hello world\n/\ngoodbye world\n"
 
 
-def test_healthz_is_public_and_ok(server, request: pytest.FixtureRequest) -> None:
+def test_healthz_and_readyz_are_public_and_ok(server, request: pytest.FixtureRequest) -> None:
     port, _, _ = server
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     request.addfinalizer(conn.close)
     conn.request("GET", "/healthz")
     resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+    conn.request("GET", "/readyz")
+    resp = conn.getresponse()
     assert resp.status == 200
-    assert json.loads(resp.read())["base_image_present"] is True
+    body = json.loads(resp.read())
+    assert body["base_image_present"] is True and body["draining"] is False
 
 
 def test_json_logs_are_one_object_per_line_with_the_job_client_and_container(
@@ -199,3 +217,44 @@ def test_json_logs_are_one_object_per_line_with_the_job_client_and_container(
     assert stored is not None and stored.container_id == ran[0]["container_id"]
     assert ran[0]["client"] == "test-client"
     assert "container_id" not in job  # a host detail: operators see it, clients do not
+
+
+def test_sigterm_drains_running_jobs_end_new_ones_get_503_and_the_rest_are_cancelled(
+    draining_server: Served, tmp_path: Path
+) -> None:
+    port, key, _, proc = draining_server
+    auth = {"Authorization": f"Bearer {key}"}
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {**auth, "Content-Type": "application/json"}
+        conn.request(method, path, body=json.dumps(body) if body else None, headers=headers)
+        resp = conn.getresponse()
+        answer = (resp.status, json.loads(resp.read() or b"{}"), dict(resp.getheaders()))
+        conn.close()
+        return answer
+
+    def submit(code: str) -> str:
+        status, body, _ = call("POST", "/run-json?async=1", {"script_name": "main.py", "code": code})
+        assert status == 202, body
+        return str(body["job_id"])
+
+    short = submit("import time; time.sleep(2); print('finished')")
+    long = submit("import time; time.sleep(120)")
+    time.sleep(1)  # both running (two workers)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+
+    status, body, headers = call("POST", "/run-json", {"script_name": "main.py", "code": "print(1)"})
+    assert status == 503 and body["error"]["code"] == "draining" and headers["Retry-After"]
+    status, ready, _ = call("GET", "/readyz")
+    assert status == 503 and ready["draining"] is True and "draining" in ready["message"]
+    assert call("GET", "/healthz")[0] == 200
+    assert call("GET", f"/status/{short}")[0] == 200  # reads go on while draining
+
+    proc.wait(timeout=4 + 30)  # the drain (RUNNER_DRAIN_S=4), then the stop
+    store = Store(tmp_path / "runner.sqlite3")
+    done, cut = store.get_job(short), store.get_job(long)
+    assert done is not None and (done.status.value, done.stdout) == ("succeeded", b"finished\n")
+    assert cut is not None and cut.status.value == "cancelled"
+    assert "RUNNER_DRAIN_S (4 s)" in cut.message

@@ -231,3 +231,20 @@ def test_the_fair_rule_prefers_fewest_running_then_least_recently_started_then_o
     assert pick_next(heads, {"alice": 1}, {}) == heads[1]  # alice runs one already
     assert pick_next(heads, {"alice": 1, "bob": 1}, {"bob": 5.0}) == heads[2]
     assert pick_next(heads[:2], {"alice": 1, "bob": 1}, {"alice": 9.0, "bob": 5.0}) == heads[1]  # turn by turn
+
+
+def test_a_drain_lets_jobs_end_within_its_time_and_cancels_the_rest_with_its_reason() -> None:
+    with executor(workers=1) as (ex, gate):
+        ex.submit("quick", spec("a"))
+        ex.submit("slow", spec("b"))
+        assert gate.wait_started("quick")
+        threading.Timer(0.1, gate.release, args=("quick",)).start()  # ends during the drain; "slow" starts then
+        assert ex.drain(0.6, "drained: submit it again") == 1
+        assert gate.wait_ended("slow")
+        assert not gate.tokens["quick"].cancelled
+        assert gate.tokens["slow"].cancelled and gate.tokens["slow"].reason == "drained: submit it again"
+
+
+def test_a_drain_with_nothing_to_wait_for_returns_at_once() -> None:
+    with executor(workers=1) as (ex, _gate):
+        assert ex.drain(30, "unused") == 0

@@ -154,8 +154,10 @@ def test_overlong_file_name_is_refused(api: Api) -> None:
     assert_error(api.run_json("print(1)", script_name="a" * 200 + ".py"), 400, "validation_failed")
 
 
-def test_healthz_is_503_json_without_the_base_image(make_app) -> None:
-    r = make_app(base_image="datapane-no-such-image:none").test_client().get("/healthz")
+def test_readyz_is_503_json_without_the_base_image_while_healthz_stays_live(make_app) -> None:
+    http = make_app(base_image="datapane-no-such-image:none").test_client()
+    assert http.get("/healthz").status_code == 200  # the process answers: a restart would not help
+    r = http.get("/readyz")
     assert r.status_code == 503
     assert r.json["status"] == "unavailable"
     assert r.json["base_image_present"] is False
