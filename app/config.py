@@ -64,6 +64,15 @@ class Settings:
     threads: int = _setting(
         "RUNNER_HTTP_THREADS", 64, "HTTP server threads; keep above RUNNER_QUEUE_SIZE so waiting runs never starve."
     )
+    http_read_timeout_s: float = _setting(
+        "RUNNER_HTTP_READ_TIMEOUT_S", 10.0, "A request's headers and body must arrive within this (else dropped)."
+    )
+    http_write_timeout_s: float = _setting(
+        "RUNNER_HTTP_WRITE_TIMEOUT_S", 60.0, "Each write of an answer must complete within this (else dropped)."
+    )
+    followers_per_client: int = _setting(
+        "RUNNER_FOLLOWERS_PER_CLIENT", 4, "Live output streams one client may read at once, per API node (429 above)."
+    )
     workers: int = _setting("RUNNER_WORKERS", 2, "Runs executed at the same time.")
     queue_size: int = _setting("RUNNER_QUEUE_SIZE", 32, "Jobs waiting or running at once; more gets 429.")
     client_queue_limit: int = _setting("RUNNER_CLIENT_QUEUE_LIMIT", 8, "Jobs one client may have waiting or running.")

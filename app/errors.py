@@ -54,6 +54,10 @@ class QueueFull(RunnerError):
     status, code = 429, "queue_full"
 
 
+class TooManyStreams(RunnerError):
+    status, code = 429, "too_many_streams"
+
+
 class DockerUnavailable(RunnerError):
     status, code = 503, "docker_unavailable"
 

@@ -18,6 +18,7 @@ from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_si
 from app.logs import GunicornLogger
 from app.metrics import serve_metrics
 from app.services import EXTENSION, Services
+from app.slow_clients import DeadlineSocket
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class RunnerServer(BaseApplication):
         s = self.settings
         self.cfg.set("bind", f"{s.host}:{s.port}")
         self.cfg.set("workers", 1)
-        self.cfg.set("worker_class", DrainingWorker)
+        self.cfg.set("worker_class", RunnerWorker)
+        self.cfg.set("sendfile", False)  # every write goes through the socket's time limit
         self.cfg.set("threads", s.threads)
         self.cfg.set("timeout", 0)
         self.cfg.set("graceful_timeout", int(s.drain_s) + 60)  # the drain, then the last answers are sent
@@ -48,13 +50,26 @@ class RunnerServer(BaseApplication):
         return app
 
 
-class DrainingWorker(ThreadWorker):
-    """Gunicorn's threaded worker, except that SIGTERM drains first.
+class RunnerWorker(ThreadWorker):
+    """Gunicorn's threaded worker, with time limits on slow clients and a drain on SIGTERM.
 
-    The stock worker stops accepting at once on SIGTERM. This one keeps serving while the service drains (new
-    runs get 503 with Retry-After, /readyz says draining, reads and live output go on), and stops accepting once
-    the jobs here have ended or RUNNER_DRAIN_S has cancelled them; the arbiter waits for it (graceful_timeout).
+    - Each connection's socket is a DeadlineSocket (app/slow_clients.py): a request must arrive within
+      RUNNER_HTTP_READ_TIMEOUT_S, and each write of an answer complete within RUNNER_HTTP_WRITE_TIMEOUT_S.
+    - The stock worker stops accepting at once on SIGTERM. This one keeps serving while the service drains (new
+      runs get 503 with Retry-After, /readyz says draining, reads and live output go on), and stops accepting
+      once the jobs here have ended or RUNNER_DRAIN_S has cancelled them; the arbiter waits (graceful_timeout).
     """
+
+    def enqueue_req(self, conn: Any) -> None:
+        if not isinstance(conn.sock, DeadlineSocket):
+            s = self.wsgi.extensions[EXTENSION].settings
+            conn.sock = DeadlineSocket(conn.sock, s.http_read_timeout_s, s.http_write_timeout_s)
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        if isinstance(conn.sock, DeadlineSocket):
+            conn.sock.new_request()
+        return super().handle(conn)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if getattr(self, "_draining", False):

@@ -22,6 +22,7 @@ from app.config import Settings
 from app.images.cache import ImageCache
 from app.images.client_images import ClientImages
 from app.jobs.executor import JobExecutor, ThreadJobExecutor
+from app.jobs.followers import Followers
 from app.jobs.outputs import OutputBus, OutputHub
 from app.jobs.queue import RqJobExecutor
 from app.jobs.runner import JobRunner
@@ -95,6 +96,10 @@ class Services:
             return self.store.count_status(Status(status))
         except Exception:  # the store does not answer: the scrape still shows the rest
             return float("nan")
+
+    @cached_property
+    def followers(self) -> Followers:
+        return Followers(self.settings.followers_per_client)
 
     @cached_property
     def outputs(self) -> OutputBus:

@@ -61,10 +61,14 @@ def job_output(job_id: str) -> Response:
         200: {description: OK, content: {text/plain: {schema: {type: string}}}}
         401: {$ref: "#/components/responses/Error"}
         404: {$ref: "#/components/responses/Error"}
+        429: {$ref: "#/components/responses/Error"}
     """
-    jobs = services().jobs
-    job = jobs.get(job_id, g.client)
-    response = Response(jobs.follow_output(job), mimetype="text/plain")
+    svc = services()
+    job = svc.jobs.get(job_id, g.client)
+    output = svc.jobs.follow_output(job)
+    if not job.status.finished:  # a live stream holds a thread until the job ends: counted
+        output = svc.followers.follow(g.client, output)
+    response = Response(output, mimetype="text/plain")
     response.headers["X-Job-Id"] = job.id
     return response
 

@@ -258,3 +258,91 @@ def test_sigterm_drains_running_jobs_end_new_ones_get_503_and_the_rest_are_cance
     assert done is not None and (done.status.value, done.stdout) == ("succeeded", b"finished\n")
     assert cut is not None and cut.status.value == "cancelled"
     assert "RUNNER_DRAIN_S (4 s)" in cut.message
+
+
+@pytest.fixture
+def strict_server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) -> Iterator[Served]:
+    settings = {
+        "RUNNER_HTTP_READ_TIMEOUT_S": "2",
+        "RUNNER_HTTP_WRITE_TIMEOUT_S": "3",
+        "RUNNER_HTTP_THREADS": "4",
+        "RUNNER_QUEUE_SIZE": "2",
+        "RUNNER_MAX_OUTPUT_BYTES": str(64 << 20),
+    }
+    yield from serve(tmp_path, base_image, docker_client, settings)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed the connection (EOF or reset), or None if it stayed open."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - started < seconds:
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - started
+    return None
+
+
+def test_half_sent_requests_are_dropped_and_cannot_take_every_thread(strict_server: Served, tmp_path: Path) -> None:
+    port = strict_server.port
+    stalled = []
+    for _ in range(6):  # more than the server's 4 threads
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")  # headers never end
+        stalled.append(s)
+    trickle = socket.create_connection(("127.0.0.1", port))
+    trickle.sendall(b"GET /healthz HTTP/1.1\r\n")
+    started = time.monotonic()
+    for _ in range(8):  # a byte every 0.5 s: each read is quick, the request never completes
+        time.sleep(0.5)
+        try:
+            trickle.sendall(b"X")
+        except OSError:
+            break
+    assert closed_within(trickle, 3) is not None
+    assert time.monotonic() - started < 7
+    for s in stalled:
+        assert closed_within(s, 5) is not None
+        s.close()
+    trickle.close()
+    assert healthz_status(port) == 200
+    assert "sent its request too slowly" in (tmp_path / "server.log").read_text()
+
+
+def test_a_reader_that_stops_reading_is_dropped(strict_server: Served, tmp_path: Path) -> None:
+    port, key = strict_server.port, strict_server.key
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    body = json.dumps({"script_name": "main.py", "code": "import sys\nfor _ in range(320): print('x' * 65535)"})
+    request = (
+        f"POST /run-json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    )
+    s.sendall(request.encode())
+    log = tmp_path / "server.log"
+    assert wait_for(lambda: "stopped reading its answer" in log.read_text(), timeout=60)
+    s.close()
+    assert healthz_status(port) == 200
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def healthz_status(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.models import Status
 from app.services import EXTENSION
-from tests.helpers import Api, chunks_of, read_line
+from tests.helpers import Api, chunks_of, json_of, read_line
 
 SLOW = ["import time", "print('first')", "time.sleep(3)", "print('second')"]
 
@@ -52,3 +52,30 @@ def test_stdout_and_stderr_are_interleaved_as_a_terminal_shows_them(api: Api) ->
     ]
     r = api.run_json(code, accept_json=False)
     assert r.data.startswith(b"a\nb\nc\n")
+
+
+def test_a_client_may_follow_at_most_its_limit_of_live_outputs(make_app, base_image: str, docker_client) -> None:
+    app = make_app(base_image=base_image, followers_per_client=2)
+    alice, bob = Api(app, "alice"), Api(app, "bob")
+    job = alice.run_json("import time; print('go', flush=True); time.sleep(30)", query="?async=1").json["job_id"]
+    other = bob.run_json("import time; print('go', flush=True); time.sleep(30)", query="?async=1").json["job_id"]
+    try:
+        streams = [alice.http.get(f"/status/{job}/output", headers=alice.headers(), buffered=False) for _ in range(2)]
+        assert all(r.status_code == 200 for r in streams)
+        refused = alice.http.get(f"/status/{job}/output", headers=alice.headers(), buffered=False)
+        assert refused.status_code == 429 and json_of(refused)["error"]["code"] == "too_many_streams"
+        assert int(refused.headers["Retry-After"]) > 0
+        bobs = bob.http.get(f"/status/{other}/output", headers=bob.headers(), buffered=False)
+        assert bobs.status_code == 200  # another client's limit is its own
+        bobs.close()
+        streams.pop().close()  # a reader that goes frees its place
+        again = alice.http.get(f"/status/{job}/output", headers=alice.headers(), buffered=False)
+        assert again.status_code == 200
+        again.close()
+        for r in streams:
+            r.close()
+    finally:
+        assert alice.delete(f"/jobs/{job}").status_code == 200
+        assert bob.delete(f"/jobs/{other}").status_code == 200
+    for _ in range(3):  # a finished job's output is answered at once: not a live stream, not counted
+        assert alice.get(f"/status/{job}/output").status_code == 200
