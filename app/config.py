@@ -76,6 +76,11 @@ class Settings:
     workers: int = _setting("RUNNER_WORKERS", 2, "Runs executed at the same time.")
     queue_size: int = _setting("RUNNER_QUEUE_SIZE", 32, "Jobs waiting or running at once; more gets 429.")
     client_queue_limit: int = _setting("RUNNER_CLIENT_QUEUE_LIMIT", 8, "Jobs one client may have waiting or running.")
+    client_running_limit: int = _setting(
+        "RUNNER_CLIENT_RUNNING_LIMIT",
+        0,
+        "Runs one client may hold at once (cluster-wide); 0: no cap (fair sharing only).",
+    )
     client_max_jobs: int = _setting("RUNNER_CLIENT_MAX_JOBS", 1000, "Finished jobs kept per client; oldest go first.")
     retention_s: float = _setting("RUNNER_RETENTION_S", 7 * 24 * 3600.0, "How long finished jobs are kept, in seconds.")
     build_timeout_s: float = _setting("RUNNER_BUILD_TIMEOUT_S", 600.0, "Longest a client image build may take.")

@@ -108,7 +108,9 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
         if settings.metrics_port:
             serve_metrics(svc.metrics, settings.host, settings.metrics_port, settings.metrics_token)
         log.info("worker %s: removed %d leftover containers, ended %d lost jobs", settings.instance, removed, lost)
-        ctx = WorkerContext(svc.store, svc.runner, settings.instance)
+        ctx = WorkerContext(
+            svc.store, svc.runner, settings.instance, settings.client_running_limit, svc.queue_executor.add_places
+        )
         svc.start_watchdog()
         cancels = listen_for_cancels(ctx, svc.redis, stop)
         loops = Loops(ctx, svc.redis, settings.workers, burst=burst)

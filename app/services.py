@@ -200,8 +200,9 @@ class Services:
         if self.distributed:
             return self.queue_executor
         return ThreadJobExecutor(
-            self.runner.execute, workers=s.workers, queue_size=s.queue_size, client_limit=s.client_queue_limit
-        )
+            self.runner.execute, workers=s.workers, queue_size=s.queue_size, client_limit=s.client_queue_limit,
+            client_running_limit=s.client_running_limit,
+        )  # fmt: skip
 
     @cached_property
     def queue_executor(self) -> RqJobExecutor:

@@ -314,10 +314,27 @@ class Store:
         rows = self._rows(query)
         return str(rows[0][0]) if rows else None
 
-    def claim_job(self, job_id: str, worker: str, now: float) -> bool:
-        """Move a queued job to running on `worker`; False when it is no longer queued (cancelled, taken)."""
+    def claim_job(self, job_id: str, worker: str, now: float, *, client: str = "", limit: int = 0) -> bool:
+        """Move a queued job to running on `worker`; False when it is no longer queued (cancelled, taken).
+
+        With `limit` > 0, also False when `client` already has that many jobs running: the count and the claim are
+        one transaction, serialized per client (an advisory lock on PostgreSQL; SQLite has one writer).
+        """
         values = {"status": Status.RUNNING.value, "worker": worker, "started_at": now, "b_id": job_id}
-        return self._run(self._claim, values) > 0
+        if limit <= 0:
+            return self._run(self._claim, values) > 0
+
+        def claim() -> bool:
+            with self._engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(726502, hashtext(:c))"), {"c": client})
+                running = sa.select(sa.func.count()).select_from(jobs)
+                where = sa.and_(jobs.c.client == client, jobs.c.status == Status.RUNNING.value)
+                if int(conn.execute(running.where(where)).scalar_one()) >= limit:
+                    return False
+                return int(conn.execute(self._claim, values).rowcount or 0) > 0
+
+        return _retry(claim)
 
     def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
         self._run(sa.update(jobs).where(jobs.c.id == job_id).values(webhook=json.dumps(state.__dict__)))

@@ -76,8 +76,11 @@ class ThreadJobExecutor:
     Waiting jobs are kept in per-client queues and started by the fair rule of app/jobs/fair.py.
     """
 
-    def __init__(self, handler: JobHandler, *, workers: int, queue_size: int, client_limit: int) -> None:
+    def __init__(
+        self, handler: JobHandler, *, workers: int, queue_size: int, client_limit: int, client_running_limit: int = 0
+    ) -> None:
         self._handler = handler
+        self._client_running_limit = client_running_limit
         self._queue_size = queue_size
         self._client_limit = client_limit
         self._cond = threading.Condition()
@@ -114,12 +117,15 @@ class ThreadJobExecutor:
     def _next(self) -> tuple[str, RunSpec, CancelToken] | None:
         """Block until a job waits (then take the fair choice) or the executor is closed and drained."""
         with self._cond:
-            while not self._waiting and not self._closed:
-                self._cond.wait()
-            heads = [Head(client, q[0][3]) for client, q in self._waiting.items()]
-            head = pick_next(heads, self._running, self._last_started)
-            if head is None:
-                return None
+            while True:
+                heads = [Head(client, q[0][3]) for client, q in self._waiting.items()]
+                limit = 0 if self._closed else self._client_running_limit  # closing: queued jobs end at once
+                head = pick_next(heads, self._running, self._last_started, limit)
+                if head is not None:
+                    break
+                if self._closed and not self._waiting:
+                    return None
+                self._cond.wait()  # a submit, a job's end (a client under its limit again) or the close
             queue = self._waiting[head.client]
             job_id, spec, token, _ = queue.popleft()
             if not queue:

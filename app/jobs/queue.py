@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 
 import redis
@@ -77,6 +78,15 @@ class RqJobExecutor:
             )
         except REDIS_ERRORS as e:  # a RunnerError, so the job service takes the job back out of the store
             raise QueueUnavailable(OUTAGE.format("job queue"), headers={"Retry-After": "5"}) from e
+
+    def add_places(self) -> None:
+        """Give every queued job a place in line again (after a running limit let one wait with none).
+
+        A place is a token, not a particular job (see run_queued_job): extra ones find nothing and end.
+        """
+        missing = self._store.count_status(Status.QUEUED) - self.places()
+        for _ in range(max(missing, 0)):
+            self.enqueue(secrets.token_hex(12))
 
     def places(self) -> int:
         """Places waiting in the queue (each starts one queued job)."""

@@ -47,6 +47,8 @@ class WorkerContext:
     store: Store
     runner: JobRunner
     instance: str
+    client_running_limit: int = 0
+    add_places: Callable[[], None] = lambda: None  # after a job: places for queued jobs that a limit held back
     tokens: dict[str, CancelToken] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,9 +83,9 @@ def run_queued_job(token: str) -> None:
     if ctx is None:
         raise RuntimeError("run_queued_job runs only inside `run.py worker`")
     for _ in range(CLAIM_ATTEMPTS):  # another worker may claim our choice first: choose again
-        job_id = fair_choice(ctx.store)
+        job_id, client = fair_choice(ctx.store, ctx.client_running_limit)
         if job_id is None:
-            return  # nothing waits (this place's job was cancelled, or another place started it)
+            return  # nothing waits (this place's job was cancelled, or another place started it), or is allowed
         cancel = CancelToken()
         with ctx.lock:  # registered before the claim, so a cancel sent once it runs finds it
             taken = job_id in ctx.tokens  # another thread of this worker is claiming or running it
@@ -93,8 +95,13 @@ def run_queued_job(token: str) -> None:
             time.sleep(0.01)
             continue
         try:
-            if ctx.store.claim_job(job_id, ctx.instance, time.time()):
+            if ctx.store.claim_job(job_id, ctx.instance, time.time(), client=client, limit=ctx.client_running_limit):
                 _run_claimed(ctx, job_id, token, cancel)
+                if ctx.client_running_limit:
+                    try:
+                        ctx.add_places()
+                    except Exception:  # the watchdog restores places within its period anyway
+                        log.warning("could not add places for jobs a running limit held back", exc_info=True)
                 return
         finally:
             with ctx.lock:
@@ -114,11 +121,13 @@ def _run_claimed(ctx: WorkerContext, job_id: str, place: str, cancel: CancelToke
         ctx.store.end_unfinished(job_id, Status.INTERNAL_ERROR, WORKER_FAILED)
 
 
-def fair_choice(store: Store) -> str | None:
-    """The queued job to start now by the fair rule, or None."""
+def fair_choice(store: Store, limit: int = 0) -> tuple[str | None, str]:
+    """The queued job to start now by the fair rule and its client, or (None, "")."""
     waiting, running, last_started = store.queue_view()
-    head = pick_next([Head(client, at) for client, at in waiting], running, last_started)
-    return store.oldest_queued(head.client) if head is not None else None
+    head = pick_next([Head(client, at) for client, at in waiting], running, last_started, limit)
+    if head is None:
+        return None, ""
+    return store.oldest_queued(head.client), head.client
 
 
 class ThreadWorker(rq.SimpleWorker):

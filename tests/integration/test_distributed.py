@@ -398,3 +398,36 @@ def test_a_worker_told_to_stop_gives_its_job_the_drain_then_cancels_it_with_a_re
         c.close()
         redis_server.close()
     assert wait_until(lambda: not leftovers(second_engine, c.instance("wd")), timeout=30), c.logs()
+
+
+def test_a_running_limit_per_client_holds_cluster_wide_and_leaves_other_workers_to_others(
+    tmp_path: Path, postgres: PostgresServer, docker_client: docker.DockerClient, second_engine: docker.DockerClient
+) -> None:
+    redis_server = RedisServer()
+    c = _make_cluster(tmp_path, postgres, redis_server, RUNNER_POOL_SIZE="0", RUNNER_CLIENT_RUNNING_LIMIT="1")
+    try:
+        node = c.api_node("a")
+        c.worker("w1")
+        c.worker("w2", SECOND_ENGINE)
+        c.wait_for_workers(2, node)  # four places to run in, one for each of kim's jobs
+        kim, lou = Client(c.key("kim")), Client(c.key("lou"))
+        mine = [kim.submit(node, SLEEPER.format(s=1.5)) for _ in range(3)]
+        time.sleep(0.5)
+        theirs = lou.submit(node, SLEEPER.format(s=1))
+        most = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = [kim.status(node, j)["status"] for j in mine]
+            most = max(most, states.count("running"))
+            if all(s == "succeeded" for s in states):
+                break
+            time.sleep(0.1)
+        assert most == 1, c.logs()
+        assert [kim.wait(node, j)["status"] for j in mine] == ["succeeded"] * 3
+        other = lou.wait(node, theirs)
+        assert other["status"] == "succeeded"
+        started = sorted(_epoch(kim.status(node, j)["finished_at"]) for j in mine)
+        assert _epoch(other["finished_at"]) < started[-1]  # lou did not wait behind kim's backlog
+    finally:
+        c.close()
+        redis_server.close()

@@ -233,6 +233,26 @@ def test_the_fair_rule_prefers_fewest_running_then_least_recently_started_then_o
     assert pick_next(heads[:2], {"alice": 1, "bob": 1}, {"alice": 9.0, "bob": 5.0}) == heads[1]  # turn by turn
 
 
+def test_a_running_limit_skips_a_client_holding_its_limit_and_keeps_other_workers_busy() -> None:
+    heads = [Head("alice", 1.0), Head("bob", 2.0)]
+    assert pick_next(heads, {"alice": 1}, {}, limit=1) == heads[1]
+    assert pick_next(heads, {"alice": 1, "bob": 1}, {}, limit=1) is None
+    assert pick_next(heads, {"alice": 1, "bob": 1}, {}, limit=2) == heads[0]
+    gate = Gate()
+    ex = ThreadJobExecutor(gate, workers=3, queue_size=8, client_limit=8, client_running_limit=1)
+    try:
+        ex.submit("a1", spec("alice"))
+        ex.submit("a2", spec("alice"))
+        ex.submit("b1", spec("bob"))
+        assert gate.wait_started("a1") and gate.wait_started("b1")
+        assert not gate._events("a2")[1].wait(timeout=0.3)  # a free worker, but alice holds her one run
+        gate.release("a1")
+        assert gate.wait_started("a2")
+    finally:
+        gate.release_all()
+        ex.shutdown(wait=True)
+
+
 def test_a_drain_lets_jobs_end_within_its_time_and_cancels_the_rest_with_its_reason() -> None:
     with executor(workers=1) as (ex, gate):
         ex.submit("quick", spec("a"))

@@ -226,6 +226,19 @@ def test_a_queued_job_is_claimed_once_and_records_its_worker(store: Store) -> No
     assert store.unfinished_jobs(worker="worker-b") == []
 
 
+def test_a_claim_under_a_running_limit_counts_the_clients_running_jobs_in_the_same_step(store: Store) -> None:
+    for n in range(3):
+        store.save_job(job(f"a{n}", status=Status.QUEUED), SPEC)
+    store.save_job(job("b0", client="other", status=Status.QUEUED), SPEC)
+    assert store.claim_job("a0", "w", now=1.0, client="acme", limit=2)
+    assert store.claim_job("a1", "w", now=1.0, client="acme", limit=2)
+    assert not store.claim_job("a2", "w", now=1.0, client="acme", limit=2)  # acme holds two
+    assert store.claim_job("b0", "w", now=1.0, client="other", limit=2)
+    assert store.get_job("a2").status is Status.QUEUED  # type: ignore[union-attr]
+    store.end_unfinished("a0", Status.SUCCEEDED, "done")
+    assert store.claim_job("a2", "w", now=2.0, client="acme", limit=2)
+
+
 def test_end_unfinished_ends_only_a_job_still_in_the_named_state(store: Store) -> None:
     store.save_job(job("queued", status=Status.QUEUED), SPEC)
     store.save_job(job("done"))
