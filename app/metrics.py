@@ -62,6 +62,10 @@ class Metrics:
             "runner_containers_reaped",
             "Leaked containers removed by the janitor or at start, by reason.", ["reason"], registry=r,
         )  # fmt: skip
+        self.janitor_removals = Counter(
+            "runner_janitor_removals", "Leftovers other than containers the janitor removed, by kind.", ["what"],
+            registry=r,
+        )  # fmt: skip
         self.webhooks = Counter(
             "runner_webhook_attempts", "Webhook delivery attempts, by result (delivered, failed).", ["result"],
             registry=r,

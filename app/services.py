@@ -233,7 +233,7 @@ class Services:
             self.docker, self.settings.instance, cluster=self.policy.cluster,
             in_use=lambda: self.pool.container_ids() | self.runner.active_containers(),
             job_running=job_running, alive=self._worker_alive if self.distributed else lambda instance: None,
-            metrics=self.metrics,
+            metrics=self.metrics, build_timeout_s=self.settings.build_timeout_s,
         )  # fmt: skip
 
     def _worker_alive(self, instance: str) -> bool | None:

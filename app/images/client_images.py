@@ -48,6 +48,7 @@ BUILDER_CHATTER = re.compile(
     r"\s*(--->|Removing intermediate container|Successfully built|Step \d+/\d+ : (LABEL|USER))"
 )
 DEPS_DOCKERFILE = """FROM {base}
+LABEL io.datapane.runner.build="deps"
 USER root
 COPY requirements.txt /tmp/build/requirements.txt
 COPY wheels/ /tmp/build/wheels/

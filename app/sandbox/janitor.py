@@ -9,10 +9,15 @@ containers of a sibling worker that died (its heartbeat gone) on the same engine
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -28,7 +33,10 @@ REASONS = {  # the metric's label -> the log's words
     "job_over": "its job is over",
     "pool_orphan": "a pooled container the pool no longer holds",
     "worker_dead": "its worker is dead",
+    "build_step": "a step of an image build that was interrupted",
 }
+BUILD_LABEL = f"{LABEL}.build"  # set by a LABEL line before the RUN steps of our Dockerfiles: their step containers
+BUILD_FOLDERS = ("datapane-build-",)  # temp folders of client image builds (tempfile.TemporaryDirectory)
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,12 @@ class Janitor:
         job_running: Callable[[str], bool],
         alive: Callable[[str], bool | None] = lambda instance: None,
         metrics: Metrics | None = None,
+        build_timeout_s: float = 600.0,
+        temp_dir: Path | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._build_age_s = build_timeout_s + 2 * GRACE_S  # no build of this service runs longer
+        self._temp_dir = temp_dir or Path(tempfile.gettempdir())
         self._docker = docker
         self._instance = instance
         self._cluster = cluster
@@ -75,9 +87,9 @@ class Janitor:
         now = time.time() if now is None else now
         removed: dict[str, int] = {}
         api = self._docker.client.api
-        found = api.containers(all=True, filters={"label": [LABEL]})
+        found = {c["Id"]: c for key in (LABEL, BUILD_LABEL) for c in api.containers(all=True, filters={"label": [key]})}
         in_use = self._in_use()
-        for c in found:
+        for c in found.values():
             code = self._reason(c, in_use, now)
             if code is None:
                 continue
@@ -96,7 +108,52 @@ class Janitor:
             )  # fmt: skip
             removed[reason] = removed.get(reason, 0) + 1
             self._metrics.containers_reaped.labels(code).inc()
+        for what, count in (("build_folder", self._sweep_build_folders(now)), ("dangling_image", self._sweep_images())):
+            if count:
+                removed[what] = count
+                self._metrics.janitor_removals.labels(what).inc(count)
         return Sweep(removed)
+
+    def _sweep_build_folders(self, now: float) -> int:
+        """Temp folders of builds that a stop interrupted (their `with` block never ended).
+
+        Only once older than any build may last, and only this user's real folders: a link is never followed.
+        """
+        removed = 0
+        for entry in self._temp_dir.iterdir():
+            if not entry.name.startswith(BUILD_FOLDERS):
+                continue
+            try:
+                info = entry.lstat()
+                if (
+                    not stat.S_ISDIR(info.st_mode)
+                    or info.st_uid != os.getuid()
+                    or now - info.st_mtime < self._build_age_s
+                ):
+                    continue
+                shutil.rmtree(entry)
+            except OSError:
+                log.warning("janitor: could not remove the build folder %s", entry, exc_info=True)
+                continue
+            log.info("janitor: removed the folder %s of an interrupted build", entry)
+            removed += 1
+        return removed
+
+    def _sweep_images(self) -> int:
+        """Old builds of the base image that a newer build untagged.
+
+        Any still in use (a client image built on it, a container) is refused by Docker and stays.
+        """
+        api = self._docker.client.api
+        removed = 0
+        for image in api.images(filters={"dangling": True, "label": f"{LABEL}.base"}):
+            try:
+                api.remove_image(image["Id"])
+            except DOCKER_ERRORS:
+                continue  # in use, or gone already
+            log.info("janitor: removed the dangling base image %s", image["Id"][:19])
+            removed += 1
+        return removed
 
     def _reason(self, c: dict[str, Any], in_use: set[str], now: float) -> str | None:
         """Why the container is garbage (a key of REASONS), or None to keep it."""
@@ -104,6 +161,8 @@ class Janitor:
         if c["Id"] in in_use or now - float(c.get("Created", now)) < GRACE_S:
             return None
         instance = labels.get(f"{LABEL}.instance")
+        if instance is None:
+            return "build_step" if self._build_step(c, labels, now) else None
         if instance != self._instance:
             ours = bool(self._cluster) and labels.get(f"{LABEL}.cluster") == self._cluster
             return "worker_dead" if ours and instance and self._alive(instance) is False else None
@@ -115,6 +174,19 @@ class Janitor:
         if labels.get(f"{LABEL}.pool"):
             return "pool_orphan"
         return None  # a download or build step still running: its build's own time limit ends it
+
+    def _build_step(self, c: dict[str, Any], labels: dict[str, str], now: float) -> bool:
+        """A RUN step's container of one of our builds, left when the engine stopped under the build.
+
+        The legacy builder cannot label it; it inherits the build label from the Dockerfile's LABEL line before
+        the step. Stopped, a shell step as the builder makes them, and older than any build may last.
+        """
+        return (
+            BUILD_LABEL in labels
+            and c.get("State") in ("created", "exited", "dead")
+            and str(c.get("Command", "")).startswith("/bin/sh -c")
+            and now - float(c.get("Created", now)) >= self._build_age_s
+        )
 
 
 def start_janitor(janitor: Janitor, every_s: float, stop: threading.Event) -> threading.Thread:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from flask import Flask
 
 from app.sandbox.container import LABEL, container_labels
 from app.sandbox.docker_gateway import DockerGateway
-from app.sandbox.janitor import GRACE_S, Janitor
+from app.sandbox.janitor import BUILD_LABEL, GRACE_S, REASONS, Janitor
 from app.services import EXTENSION
 from tests.cluster import SECOND_ENGINE
 from tests.helpers import Api, leftovers, wait_until
@@ -56,7 +57,7 @@ def exists(client: docker.DockerClient, cid: str) -> bool:
         return False
 
 
-def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.DockerClient) -> None:
+def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.DockerClient, tmp_path: Path) -> None:
     me, sibling, dead, stranger = (f"jan-{uuid.uuid4().hex[:6]}-{n}" for n in ("me", "sib", "dead", "other"))
     keep = {
         "pooled and waiting": labelled(me, pool="1"),
@@ -76,11 +77,11 @@ def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.Doc
         DockerGateway(), me, cluster="c1",
         in_use=lambda: {keep["pooled and waiting"], keep["running its job here"]},
         job_running=lambda job_id: job_id == "running-job",
-        alive=lambda instance: {sibling: True, dead: False}.get(instance),
+        alive=lambda instance: {sibling: True, dead: False}.get(instance), temp_dir=tmp_path,
     )  # fmt: skip
     assert janitor.sweep().total == 0  # everything is younger than the grace period
     sweep = janitor.sweep(now=time.time() + GRACE_S + 1)
-    assert sweep.removed == {reason: 1 for reason in garbage}
+    assert {k: n for k, n in sweep.removed.items() if k != "dangling_image"} == {reason: 1 for reason in garbage}
     assert all(not exists(docker_client, cid) for cid in garbage.values())
     assert all(exists(docker_client, cid) for cid in keep.values())
 
@@ -118,3 +119,90 @@ def test_the_container_of_a_job_an_engine_restart_interrupted_is_removed(
         assert wait_until(lambda: not leftovers(engine, instance), timeout=2 * 2.0 + 10)
     finally:
         engine.close()
+
+
+def test_steps_of_an_interrupted_build_are_removed_once_no_build_can_still_be_running(
+    docker_client: docker.DockerClient, base_image: str, tmp_path: Path
+) -> None:
+    """The legacy builder's step containers carry no label of ours but the Dockerfile's build label; an engine
+    restart mid-build leaves them stopped."""
+    made: list[str] = []
+
+    def step(command: list[str], run_to_end: bool = True, labels: dict[str, str] | None = None) -> str:
+        cid = docker_client.api.create_container(
+            base_image, command=command, labels={BUILD_LABEL: "deps", **(labels or {})}, network_disabled=True
+        )["Id"]
+        made.append(cid)
+        if run_to_end:
+            docker_client.api.start(cid)
+            docker_client.api.wait(cid, timeout=30)
+        return cid
+
+    try:
+        left = step(["/bin/sh", "-c", "exit 0"])
+        never_started = step(["/bin/sh", "-c", "pip install x"], run_to_end=False)
+        running = step(["/bin/sh", "-c", "sleep 300"], run_to_end=False)
+        docker_client.api.start(running)
+        not_a_step = step(["python", "-c", "pass"])
+        a_run = step(["/bin/sh", "-c", "exit 0"], labels=container_labels("someone-else"))
+        janitor = Janitor(
+            DockerGateway(), "me", in_use=set, job_running=lambda job_id: True, build_timeout_s=60, temp_dir=tmp_path
+        )
+        assert janitor.sweep(now=time.time() + 60).removed.get(REASONS["build_step"]) is None  # a build may run
+        sweep = janitor.sweep(now=time.time() + 60 + 2 * GRACE_S + 1)
+        assert sweep.removed.get(REASONS["build_step"], 0) >= 2
+        assert not exists(docker_client, left) and not exists(docker_client, never_started)
+        assert all(exists(docker_client, cid) for cid in (running, not_a_step, a_run))
+    finally:
+        for cid in made:
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_client.api.remove_container(cid, force=True)
+
+
+def test_folders_of_interrupted_builds_go_once_old_and_links_are_never_followed(tmp_path: Path) -> None:
+    temp, outside = tmp_path / "tmp", tmp_path / "outside"
+    temp.mkdir()
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not ours")
+    old = temp / "datapane-build-old"
+    (old / "nested").mkdir(parents=True)
+    (old / "nested" / "context.tar").write_bytes(b"x")
+    fresh = temp / "datapane-build-fresh"
+    fresh.mkdir()
+    link = temp / "datapane-build-link"
+    link.symlink_to(outside)
+    other = temp / "someone-elses-old"
+    other.mkdir()
+    hour_ago = time.time() - 3600
+    for path in (old, other):
+        os.utime(path, (hour_ago, hour_ago))
+    os.utime(link, (hour_ago, hour_ago), follow_symlinks=False)
+    janitor = Janitor(
+        DockerGateway(), "me", in_use=set, job_running=lambda job_id: True, build_timeout_s=60, temp_dir=temp
+    )
+    assert janitor.sweep().removed.get("build_folder") == 1
+    assert not old.exists() and fresh.exists() and other.exists() and link.is_symlink()
+    assert (outside / "keep.txt").read_text() == "not ours"
+
+
+def test_an_old_base_build_left_dangling_is_removed(
+    docker_client: docker.DockerClient, base_image: str, tmp_path
+) -> None:
+    tag = f"datapane-janitor-test:{uuid.uuid4().hex[:8]}"
+
+    def build(marker: str) -> str:
+        dockerfile = f"FROM {base_image}\nLABEL io.datapane.runner.base=1 test.marker={marker}\n".encode()
+        image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+        return str(image.id)
+
+    first = build("one")
+    second = build("two")  # the tag moves: the first build is dangling
+    try:
+        assert docker_client.api.inspect_image(first)["RepoTags"] == []
+        janitor = Janitor(DockerGateway(), "me", in_use=set, job_running=lambda job_id: True, temp_dir=tmp_path)
+        assert janitor.sweep().removed.get("dangling_image", 0) >= 1
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.api.inspect_image(first)
+        assert docker_client.api.inspect_image(second)["Id"] == second  # tagged: kept
+    finally:
+        docker_client.api.remove_image(tag, force=True)
