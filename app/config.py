@@ -81,6 +81,9 @@ class Settings:
         0,
         "Runs one client may hold at once (cluster-wide); 0: no cap (fair sharing only).",
     )
+    store_mb: int = _setting(
+        "RUNNER_STORE_MB", 10240, "Budget of jobs' outputs and files in the store, in MiB; oldest go first. 0: none."
+    )
     client_max_jobs: int = _setting("RUNNER_CLIENT_MAX_JOBS", 1000, "Finished jobs kept per client; oldest go first.")
     retention_s: float = _setting("RUNNER_RETENTION_S", 7 * 24 * 3600.0, "How long finished jobs are kept, in seconds.")
     build_timeout_s: float = _setting("RUNNER_BUILD_TIMEOUT_S", 600.0, "Longest a client image build may take.")

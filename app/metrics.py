@@ -66,6 +66,10 @@ class Metrics:
             "runner_janitor_removals", "Leftovers other than containers the janitor removed, by kind.", ["what"],
             registry=r,
         )  # fmt: skip
+        self.outputs_evicted = Counter(
+            "runner_outputs_evicted", "Finished jobs whose outputs and files were dropped for RUNNER_STORE_MB.",
+            registry=r,
+        )  # fmt: skip
         self.webhooks = Counter(
             "runner_webhook_attempts", "Webhook delivery attempts, by result (delivered, failed).", ["result"],
             registry=r,

@@ -97,6 +97,58 @@ class Artifact:
         return cls(name, len(data), hashlib.sha256(data).hexdigest(), content_type)
 
 
+STDOUT, STDERR, COMBINED = 1, 2, 0  # COMBINED: a record from before streams were kept apart (the whole output)
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a run printed, kept once: its chunks in order, each with the stream it came from."""
+
+    chunks: tuple[tuple[int, bytes], ...] = ()
+
+    def stream(self, which: int) -> bytes:
+        return b"".join(data for stream, data in self.chunks if stream == which)
+
+    @property
+    def stdout(self) -> bytes:
+        return self.stream(STDOUT)
+
+    @property
+    def stderr(self) -> bytes:
+        return self.stream(STDERR)
+
+    @property
+    def combined(self) -> bytes:
+        """Both streams interleaved as printed."""
+        if any(stream == COMBINED for stream, _ in self.chunks):
+            return self.stream(COMBINED)
+        return b"".join(data for _, data in self.chunks)
+
+    def encode(self) -> bytes:
+        """Each chunk as its stream (1 byte), its length (4 bytes, big-endian) and its bytes."""
+        return b"".join(bytes([stream]) + len(data).to_bytes(4, "big") + data for stream, data in self.chunks)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Output:
+        chunks, at = [], 0
+        while at + 5 <= len(blob):
+            size = int.from_bytes(blob[at + 1 : at + 5], "big")
+            chunks.append((blob[at], bytes(blob[at + 5 : at + 5 + size])))
+            at += 5 + size
+        return cls(tuple(chunks))
+
+    @classmethod
+    def of(cls, pieces: list[tuple[int, bytes]]) -> Output:
+        """From chunks as they came, neighbours of the same stream joined."""
+        merged: list[tuple[int, list[bytes]]] = []
+        for stream, data in pieces:
+            if merged and merged[-1][0] == stream:
+                merged[-1][1].append(data)
+            elif data:
+                merged.append((stream, [data]))
+        return cls(tuple((stream, b"".join(parts)) for stream, parts in merged))
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """What Docker says about a finished container (never what the script printed)."""
@@ -149,9 +201,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     exit_code: int | None = None
-    stdout: bytes = b""
-    stderr: bytes = b""
-    output: bytes = b""
+    printed: Output = field(default_factory=Output)  # stdout and stderr, stored once, in the order printed
     build_log: str = ""
     message: str = ""
     worker: str | None = None  # the instance name of the process that ran it
@@ -162,6 +212,20 @@ class Job:
     callback_url: str | None = None
     webhook: WebhookState | None = None
     container_id: str | None = None  # the Docker container it ran in (for operators; not shown to clients)
+    output_evicted: bool = False  # its outputs and files were dropped to keep the store within RUNNER_STORE_MB
+
+    @property
+    def stdout(self) -> bytes:
+        return self.printed.stdout
+
+    @property
+    def stderr(self) -> bytes:
+        return self.printed.stderr
+
+    @property
+    def output(self) -> bytes:
+        """Both streams, interleaved as printed."""
+        return self.printed.combined
 
     def finish(self, status: Status, message: str, exit_code: int | None = None) -> None:
         """Mark the job ended."""

@@ -105,6 +105,7 @@ def serve_worker(settings: Settings, *, burst: bool = False) -> None:
         removed = svc.prepare_host()
         svc.resume_webhooks()
         svc.start_janitor()
+        svc.start_store_budget()
         if settings.metrics_port:
             serve_metrics(svc.metrics, settings.host, settings.metrics_port, settings.metrics_token)
         log.info("worker %s: removed %d leftover containers, ended %d lost jobs", settings.instance, removed, lost)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
@@ -27,6 +28,7 @@ from app.jobs.outputs import OutputBus, OutputHub
 from app.jobs.queue import RqJobExecutor
 from app.jobs.runner import JobRunner
 from app.jobs.service import DRAINED, JobService
+from app.jobs.store_budget import StoreBudget
 from app.jobs.streams import REDIS_ERRORS, RedisOutputs
 from app.jobs.watchdog import Watchdog, alive_key, lost_worker_message, start_watchdog
 from app.jobs.webhooks import WebhookSender, WebhookStore, parse_allow
@@ -85,6 +87,10 @@ class Services:
             "runner_pool_containers", "Pre-started containers waiting in this process's warm pool.",
             lambda: self.pool.size() if "pool" in self.__dict__ else 0,
         )  # fmt: skip
+        metrics.gauge(
+            "runner_store_bytes", "What jobs' outputs, build logs and files take in the store (RUNNER_STORE_MB).",
+            lambda: self._read_store(self.store.stored_bytes),
+        )  # fmt: skip
         metrics.gauges(
             "runner_jobs", "Jobs queued or running, from the job store (the whole cluster's in the distributed mode).",
             "status", (Status.QUEUED.value, Status.RUNNING.value), self._count_status,
@@ -92,8 +98,12 @@ class Services:
         return metrics
 
     def _count_status(self, status: str) -> float:
+        return self._read_store(lambda: self.store.count_status(Status(status)))
+
+    @staticmethod
+    def _read_store(read: Callable[[], int]) -> float:
         try:
-            return self.store.count_status(Status(status))
+            return read()
         except Exception:  # the store does not answer: the scrape still shows the rest
             return float("nan")
 
@@ -173,8 +183,17 @@ class Services:
         )
 
     def _job_finished(self, job: Job) -> None:
+        self.store_budget.job_ended()
         if job.callback_url:
             self.webhooks.job_ended(job.id)
+
+    @cached_property
+    def store_budget(self) -> StoreBudget:
+        return StoreBudget(self.store, self.settings.store_mb * 2**20, self.metrics)
+
+    def start_store_budget(self) -> None:
+        """Keep the store within RUNNER_STORE_MB (processes that end jobs)."""
+        self.store_budget.start(self._stop)
 
     @cached_property
     def webhooks(self) -> WebhookSender:
@@ -260,6 +279,7 @@ class Services:
         removed, ended = self.prepare_host(), self.jobs.mark_interrupted()
         self.resume_webhooks(every_worker=True)  # the embedded mode ran every job, queued ones too
         self.start_janitor()
+        self.start_store_budget()
         return removed, ended
 
     def end_own_running_jobs(self) -> int:

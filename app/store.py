@@ -7,11 +7,12 @@ migrated forward by the service at start (see MIGRATIONS).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from app.models import Artifact, Job, Limits, RunSpec, Status, WebhookState
+from app.models import Artifact, Job, Limits, Output, RunSpec, Status, WebhookState
 
 T = TypeVar("T")
 metadata = sa.MetaData()
@@ -36,9 +37,9 @@ jobs = sa.Table(
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
     sa.Column("exit_code", sa.Integer),
-    sa.Column("stdout", sa.LargeBinary, nullable=False),
-    sa.Column("stderr", sa.LargeBinary, nullable=False),
-    sa.Column("output", sa.LargeBinary, nullable=False),
+    sa.Column("stdout", sa.LargeBinary, nullable=False),  # empty since v6: see output
+    sa.Column("stderr", sa.LargeBinary, nullable=False),  # empty since v6: see output
+    sa.Column("output", sa.LargeBinary, nullable=False),  # since v6 both streams, once: Output.encode()
     sa.Column("build_log", sa.Text, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("worker", sa.Text),
@@ -49,6 +50,8 @@ jobs = sa.Table(
     sa.Column("callback_url", sa.Text),
     sa.Column("webhook", sa.Text),  # JSON: status, attempts, last_error
     sa.Column("container_id", sa.Text),  # the Docker container the job ran in
+    sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),  # output, build log, files
+    sa.Column("output_evicted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
     sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
     sa.Index("jobs_by_finish", "finished_at"),
@@ -121,8 +124,29 @@ def _v5_container(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN container_id TEXT"))
 
 
+def _v6_output_once(conn: Connection) -> None:
+    """Output is stored once, with its streams; jobs gain their stored size and whether it was evicted.
+
+    Rows from before keep all their bytes: stdout and stderr as their streams, and the interleaved output as a
+    combined view (Output.COMBINED), as streams were not told apart in it.
+    """
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0"))
+    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN output_evicted BOOLEAN NOT NULL DEFAULT {false}"))
+    old = sa.table("jobs", sa.column("id"), sa.column("stdout"), sa.column("stderr"), sa.column("output"),
+                   sa.column("build_log"), sa.column("artifacts"), sa.column("stored_bytes"))  # fmt: skip
+    rows = conn.execute(sa.select(old.c.id, old.c.stdout, old.c.stderr, old.c.output, old.c.build_log, old.c.artifacts))
+    for job_id, out, err, both, build_log, listed in rows.all():
+        chunks = [(1, bytes(out)), (2, bytes(err)), (0, bytes(both))]
+        blob = Output(tuple((s, d) for s, d in chunks if d)).encode()
+        size = len(blob) + len(build_log.encode()) + sum(a["size"] for a in json.loads(listed or "[]"))
+        conn.execute(
+            sa.update(old).where(old.c.id == job_id).values(output=blob, stdout=b"", stderr=b"", stored_bytes=size)
+        )
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks, _v5_container,
+    _v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks, _v5_container, _v6_output_once,
 ]  # fmt: skip
 """MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
 VERSION = len(MIGRATIONS)
@@ -325,7 +349,7 @@ class Store:
             return self._run(self._claim, values) > 0
 
         def claim() -> bool:
-            with self._engine.begin() as conn:
+            with self._transaction() as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(726502, hashtext(:c))"), {"c": client})
                 running = sa.select(sa.func.count()).select_from(jobs)
@@ -382,6 +406,42 @@ class Store:
         """Delete finished jobs that ended before `cutoff`; return how many."""
         return self._purge_orphan_artifacts(self._run(self._purge, {"b_cut": cutoff}))
 
+    def stored_bytes(self) -> int:
+        """What the jobs' outputs, build logs and output files take in the store, in all."""
+        return int(self._rows(sa.select(sa.func.coalesce(sa.func.sum(jobs.c.stored_bytes), 0)))[0][0])
+
+    def evict_outputs(self, budget_bytes: int, batch: int = 50) -> int:
+        """Drop the outputs and files of the oldest finished jobs until the store is within `budget_bytes`.
+
+        The job records stay, marked `output_evicted`. Each batch is its own short transaction, so writers wait
+        at most for one batch. Returns how many jobs were evicted.
+        """
+        total, evicted = self.stored_bytes(), 0
+        oldest = (
+            sa.select(jobs.c.id, jobs.c.stored_bytes)
+            .where(jobs.c.finished_at.is_not(None), jobs.c.stored_bytes > 0, jobs.c.status.not_in(UNFINISHED))
+            .order_by(jobs.c.finished_at, jobs.c.id)
+            .limit(batch)
+        )
+        while total > budget_bytes:
+            ids = []
+            for job_id, size in self._rows(oldest):
+                if total <= budget_bytes:
+                    break
+                ids.append(job_id)
+                total -= int(size)
+            if not ids:
+                break
+            with self._transaction() as conn:
+                emptied = {"output": b"", "build_log": "", "stored_bytes": 0, "output_evicted": True}
+                conn.execute(sa.update(jobs).where(jobs.c.id.in_(ids)).values(**emptied))
+                conn.execute(sa.delete(artifacts).where(artifacts.c.job_id.in_(ids)))
+            evicted += len(ids)
+        if evicted and self._engine.dialect.name == "sqlite":
+            with self._engine.connect() as conn:  # gives freed pages back to the file system (new databases)
+                conn.exec_driver_sql("PRAGMA incremental_vacuum(2000)")
+        return evicted
+
     def purge_beyond(self, client: str, keep: int) -> int:
         """Delete the client's finished jobs beyond its `keep` newest; return how many."""
         newest = (
@@ -424,6 +484,15 @@ class Store:
         return self._run(stmt) > 0
 
     # plumbing
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A real transaction (the engine's connections autocommit each statement otherwise)."""
+        with self._engine.connect() as conn:
+            level = "READ COMMITTED" if conn.dialect.name == "postgresql" else "SERIALIZABLE"
+            conn = conn.execution_options(isolation_level=level)
+            with conn.begin():
+                yield conn
+
     def _rows(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         def read() -> list[tuple[Any, ...]]:
             with self._engine.connect() as conn:
@@ -468,6 +537,7 @@ def _sqlite_engine(path: Path) -> Engine:
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new database only (before its tables)
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a crash of the service
         cur.close()
@@ -498,6 +568,7 @@ def _migrate(conn: Connection) -> None:
 
 
 def _job_values(job: Job) -> dict[str, Any]:
+    output = job.printed.encode()
     return {
         "id": job.id,
         "client": job.client,
@@ -508,9 +579,9 @@ def _job_values(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "exit_code": job.exit_code,
-        "stdout": job.stdout,
-        "stderr": job.stderr,
-        "output": job.output,
+        "stdout": b"",
+        "stderr": b"",
+        "output": output,
         "build_log": job.build_log.replace("\x00", ""),  # PostgreSQL's text holds no NUL
         "message": job.message.replace("\x00", ""),
         "worker": job.worker,
@@ -521,6 +592,8 @@ def _job_values(job: Job) -> dict[str, Any]:
         "callback_url": job.callback_url,
         "webhook": json.dumps(job.webhook.__dict__) if job.webhook is not None else None,
         "container_id": job.container_id,
+        "stored_bytes": len(output) + len(job.build_log.encode()) + sum(a.size for a in job.artifacts),
+        "output_evicted": job.output_evicted,
     }
 
 
@@ -528,8 +601,8 @@ def _job(row: Iterable[Any]) -> Job:
     values = dict(zip(JOB_FIELDS, row, strict=True))
     values["status"] = Status(values["status"])
     values["limits"] = Limits(**json.loads(values["limits"]))
-    for blob in ("stdout", "stderr", "output"):
-        values[blob] = bytes(values[blob])
+    values["printed"] = Output.decode(bytes(values.pop("output")))
+    del values["stdout"], values["stderr"], values["stored_bytes"]
     values["artifacts"] = [Artifact(**a) for a in json.loads(values["artifacts"])]
     values["webhook"] = WebhookState(**json.loads(values["webhook"])) if values["webhook"] else None
     return Job(**values)

@@ -221,6 +221,9 @@ class JobSchema(Schema):
     )
     callback_url = fields.String(allow_none=True)
     webhook = fields.Nested(WebhookStateSchema, allow_none=True, metadata={"description": "Delivery of the webhook."})
+    output_evicted = fields.Boolean(
+        metadata={"description": "Its output, build log and files were dropped to keep the store within its budget."}
+    )
     status_corrected = fields.Boolean(
         metadata={"description": "The first answer came from the sandbox's own report; Docker's verdict replaced it."}
     )

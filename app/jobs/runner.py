@@ -17,7 +17,7 @@ from app.jobs.executor import CancelToken
 from app.jobs.outputs import OutputBus, OutputWriter
 from app.logs import bind, log_context
 from app.metrics import Metrics
-from app.models import Job, RunOutcome, RunSpec, Status
+from app.models import STDERR, STDOUT, Job, Output, RunOutcome, RunSpec, Status
 from app.redaction import client_line, redact
 from app.sandbox.container import LABEL, Run, SandboxPolicy
 from app.sandbox.docker_gateway import DockerGateway
@@ -104,7 +104,7 @@ class JobRunner:
             log.exception("job %s failed unexpectedly", job.id)
             job.finish(Status.INTERNAL_ERROR, "The service failed while running this job; it has been logged.")
         finally:
-            job.stdout, job.stderr, job.output = progress.stdout, progress.stderr, progress.output
+            job.printed = progress.printed
             job.build_log = progress.build_log
             self._record(job)
             self._count(job)
@@ -238,9 +238,7 @@ class _Progress:
         self._channel = channel
         self._job_id = job_id
         self._build: list[str] = []
-        self._out: list[bytes] = []
-        self._err: list[bytes] = []
-        self._all: list[bytes] = []
+        self._chunks: list[tuple[int, bytes]] = []
 
     def build_line(self, line: str) -> None:
         log.info("job %s build: %s", self._job_id, line)
@@ -250,8 +248,7 @@ class _Progress:
             self._channel.write(f"{PROGRESS_PREFIX}{shown}\n".encode())
 
     def output_chunk(self, stream: int, data: bytes) -> None:
-        (self._err if stream == 2 else self._out).append(data)
-        self._all.append(data)
+        self._chunks.append((STDERR if stream == 2 else STDOUT, data))
         self._channel.write(data)
 
     @property
@@ -259,13 +256,5 @@ class _Progress:
         return "\n".join(self._build)
 
     @property
-    def stdout(self) -> bytes:
-        return b"".join(self._out)
-
-    @property
-    def stderr(self) -> bytes:
-        return b"".join(self._err)
-
-    @property
-    def output(self) -> bytes:
-        return b"".join(self._all)
+    def printed(self) -> Output:
+        return Output.of(self._chunks)

@@ -72,6 +72,10 @@ class JobService:
 
     def artifact(self, job: Job, name: str) -> tuple[Artifact, bytes]:
         """One of the job's output files and its bytes. :raises NotFound: the job has none by that name."""
+        if job.output_evicted:
+            raise NotFound(
+                f"The output files of job {job.id!r} were removed to keep the service's store within its budget."
+            )
         listed = next((a for a in job.artifacts if a.name == name), None)
         data = self._store.get_artifact(job.id, name) if listed is not None else None
         if listed is None or data is None:

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from app.services import EXTENSION
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 from tests.package_index import serve_index
 
 
@@ -174,3 +174,28 @@ def test_a_matplotlib_chart_comes_back_byte_identical(
             for tag in image.get("RepoTags") or []:
                 if tag.startswith("datapane-artifacts-test"):
                     docker_client.api.remove_image(tag, force=True)
+
+
+def test_over_the_store_budget_the_oldest_outputs_and_files_go_and_the_jobs_say_so(
+    make_app: Callable[..., Flask], base_image: str
+) -> None:
+    app = make_app(base_image=base_image, store_mb=1)
+    api = Api(app)
+    svc = app.extensions[EXTENSION]
+    svc.start_store_budget()
+    big = ["open('out/a.bin', 'wb').write(b'a' * 300_000)", "print('x' * 300_000)"]  # ~600 KB stored per job
+    ids = []
+    for _ in range(3):
+        r = api.run_json(big)
+        assert r.json["status"] == "succeeded", r.json
+        ids.append(r.json["job_id"])
+    assert wait_until(lambda: svc.store.stored_bytes() <= 2**20)
+    oldest, newest = api.get(f"/status/{ids[0]}").json, api.get(f"/status/{ids[-1]}").json
+    assert oldest["output_evicted"] is True and oldest["stdout"] == "" and oldest["status"] == "succeeded"
+    gone = api.get(f"/status/{ids[0]}/artifacts/a.bin")
+    assert gone.status_code == 404 and "budget" in gone.json["error"]["message"]
+    assert newest["output_evicted"] is False and newest["stdout"] == "x" * 300_000 + "\n"
+    assert api.get(f"/status/{ids[-1]}/artifacts/a.bin").data == b"a" * 300_000
+    metrics = svc.metrics.registry
+    assert (metrics.get_sample_value("runner_outputs_evicted_total") or 0) >= 1
+    assert (metrics.get_sample_value("runner_store_bytes") or 0) <= 2**20

@@ -21,7 +21,7 @@ import pytest
 from app.sandbox.container import LABEL
 from app.store import Store
 from tests.backing import free_port
-from tests.helpers import TEST_IMAGE_PREFIX
+from tests.helpers import TEST_IMAGE_PREFIX, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -325,18 +325,9 @@ def test_a_reader_that_stops_reading_is_dropped(strict_server: Served, tmp_path:
     )
     s.sendall(request.encode())
     log = tmp_path / "server.log"
-    assert wait_for(lambda: "stopped reading its answer" in log.read_text(), timeout=60)
+    assert wait_until(lambda: "stopped reading its answer" in log.read_text(), timeout=60)
     s.close()
     assert healthz_status(port) == 200
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def healthz_status(port: int) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.models import Job, Limits, RunSpec, Status
+from app.models import STDERR, STDOUT, Artifact, Job, Limits, Output, RunSpec, Status
 from app.store import Store, database_url
 
 LIMITS = Limits(timeout_s=30, memory_mb=256, cpus=1.0)
@@ -52,9 +52,7 @@ def test_a_saved_job_reads_back_field_for_field(store: Store) -> None:
         started_at=1001.5,
         finished_at=1003.75,
         exit_code=137,
-        stdout=b"not utf-8: \xff\xfe\x00",
-        stderr=b"Killed\n",
-        output=b"\x00\x01out",
+        printed=Output(((STDOUT, b"not utf-8: \xff\xfe\x00"), (STDERR, b"Killed\n"), (STDOUT, b"\x00\x01out"))),
         build_log="Collecting six\n",
         message="The run used more than 512 MiB.",
         cpu_seconds=0.25,
@@ -66,6 +64,8 @@ def test_a_saved_job_reads_back_field_for_field(store: Store) -> None:
     assert got is not None
     assert got.status is Status.OOM_KILLED
     assert type(got.stdout) is bytes and type(got.output) is bytes
+    assert (got.stdout, got.stderr) == (b"not utf-8: \xff\xfe\x00\x00\x01out", b"Killed\n")
+    assert got.output == b"not utf-8: \xff\xfe\x00Killed\n\x00\x01out"  # interleaved as printed
     assert got.limits == Limits(timeout_s=12.5, memory_mb=512, cpus=1.5)
 
 
@@ -274,6 +274,8 @@ def test_an_unversioned_sqlite_store_is_migrated_keeping_its_jobs_and_clients(tm
                 name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, revoked_at REAL);
             INSERT INTO jobs VALUES ('j1', 'acme', 'succeeded', '{"timeout_s": 30, "memory_mb": 256, "cpus": 1.0}',
                 'main.py', 1000.0, 1000.5, 1001.0, 0, x'6869', x'', x'6869', '', 'ok');
+            INSERT INTO jobs VALUES ('j2', 'acme', 'failed', '{"timeout_s": 30, "memory_mb": 256, "cpus": 1.0}',
+                'main.py', 1000.0, 1000.5, 1001.0, 1, x'6162', x'4552', x'61455262', '', 'exit 1');
             INSERT INTO images VALUES ('img:1', 5.0);
             INSERT INTO clients VALUES ('acme', 'hash', 1.0, NULL);
             """
@@ -284,6 +286,8 @@ def test_an_unversioned_sqlite_store_is_migrated_keeping_its_jobs_and_clients(tm
         got = store.get_job("j1")
         assert got is not None
         assert (got.status, got.stdout, got.worker) == (Status.SUCCEEDED, b"hi", None)
+        mixed = store.get_job("j2")  # stdout "ab" and stderr "ER", printed interleaved as "aERb"
+        assert mixed is not None and (mixed.stdout, mixed.stderr, mixed.output) == (b"ab", b"ER", b"aERb")
         assert [c.name for c in store.list_clients()] == ["acme"]
         store.touch_image("e1", "img:2", 6.0)
         assert store.image_last_used("e1") == {"img:2": 6.0}
@@ -316,7 +320,7 @@ def test_the_queue_view_shows_each_waiting_clients_oldest_job_running_counts_and
 
 def test_a_corrected_result_replaces_the_verdict_and_says_so(store: Store) -> None:
     done = job("j1")
-    done.exit_code, done.stdout = 0, b"out"
+    done.exit_code, done.printed = 0, Output(((STDOUT, b"out"),))
     store.save_job(done)
     assert store.get_job("j1").status_corrected is False  # type: ignore[union-attr]
     done.finish(Status.FAILED, "The script exited with code 3.", exit_code=3)
@@ -345,3 +349,29 @@ def test_output_files_are_listed_on_the_job_and_go_with_it(store: Store) -> None
     store.save_job(job("j2"))
     store.delete_job("j2")
     assert store.get_artifact("j2", "chart.png") is None
+
+
+def test_over_its_budget_the_store_drops_the_oldest_finished_outputs_keeping_the_records(store: Store) -> None:
+    for n in range(4):
+        done = job(f"j{n}", finished_at=2000.0 + n)
+        done.printed, done.build_log = Output(((STDOUT, b"x" * 1000),)), "built"
+        if n == 0:
+            listed = Artifact.of("chart.png", b"p" * 500)
+            store.save_artifacts(done.id, [(listed, b"p" * 500)])
+            done.artifacts = [listed]
+        store.save_job(done)
+    running = job("live", status=Status.RUNNING)
+    running.printed = Output(((STDOUT, b"y" * 5000),))
+    store.save_job(running)
+    total = store.stored_bytes()
+    assert total > 4 * 1000
+    assert store.evict_outputs(budget_bytes=total) == 0
+    assert store.evict_outputs(budget_bytes=total - 2000) == 2  # the oldest (1510 bytes with its file), the next
+    first, second, third = (store.get_job(f"j{n}") for n in range(3))
+    assert first is not None and second is not None and third is not None
+    assert first.output_evicted and second.output_evicted and not third.output_evicted
+    assert (first.stdout, first.build_log, first.status) == (b"", "", Status.SUCCEEDED)  # the record stays
+    assert first.artifacts and store.get_artifact("j0", "chart.png") is None
+    assert third.stdout == b"x" * 1000
+    assert store.get_job("live").stdout == b"y" * 5000  # type: ignore[union-attr]  # a running job is never touched
+    assert store.stored_bytes() <= total - 2000
