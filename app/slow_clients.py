@@ -18,79 +18,44 @@ import errno
 import logging
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DeadlineSocket:
-    """A connected socket whose reads share one deadline per request and whose writes each have a time limit."""
+    """A connected socket whose reads share one deadline per request and whose writes each have a time limit.
+
+    The read deadline holds from a request's first read until its answer starts; reads after that (gunicorn
+    draining an unread body before keep-alive, or lingering at close) keep the time limits gunicorn sets itself.
+    """
 
     def __init__(self, sock: socket.socket, read_timeout_s: float, write_timeout_s: float) -> None:
         self._sock = sock
         self._read_timeout_s = read_timeout_s
         self._write_timeout_s = write_timeout_s
         self._deadline: float | None = None
-        self._explicit = False  # gunicorn set a time limit of its own (closing gracefully): reads keep it
+        self._receiving = False  # between a request's start and its answer's first write
         self._given_up = False
 
     def new_request(self) -> None:
         """A request may begin: its read deadline counts from its first read."""
         self._deadline = None
-        self._explicit = False
-
-    def settimeout(self, timeout: float | None) -> None:
-        self._explicit = True
-        self._sock.settimeout(timeout)
+        self._receiving = True
 
     def recv(self, size: int, *flags: int) -> bytes:
-        self._before_read()
-        try:
-            return self._sock.recv(size, *flags)
-        except TimeoutError:
-            if self._explicit:
-                raise
-            raise self._dropped("sent its request too slowly", self._read_timeout_s) from None
+        return self._read(lambda: self._sock.recv(size, *flags))
 
     def recv_into(self, buffer: Any, *args: int) -> int:
-        self._before_read()
-        try:
-            return self._sock.recv_into(buffer, *args)
-        except TimeoutError:
-            if self._explicit:
-                raise
-            raise self._dropped("sent its request too slowly", self._read_timeout_s) from None
+        return self._read(lambda: self._sock.recv_into(buffer, *args))
 
     def sendall(self, data: bytes, *flags: int) -> None:
-        self._explicit = False
-        self._sock.settimeout(self._write_timeout_s)
-        try:
-            self._sock.sendall(data, *flags)
-        except TimeoutError:
-            raise self._dropped("stopped reading its answer", self._write_timeout_s) from None
+        self._write(lambda: self._sock.sendall(data, *flags))
 
     def send(self, data: bytes, *flags: int) -> int:
-        self._explicit = False
-        self._sock.settimeout(self._write_timeout_s)
-        try:
-            return self._sock.send(data, *flags)
-        except TimeoutError:
-            raise self._dropped("stopped reading its answer", self._write_timeout_s) from None
-
-    def setblocking(self, flag: bool) -> None:
-        if not flag:  # back to the poller between requests
-            self._sock.setblocking(False)
-        # blocking: each read and write sets its own time limit
-
-    def _before_read(self) -> None:
-        if self._explicit:
-            return
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self._read_timeout_s
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise self._dropped("sent its request too slowly", self._read_timeout_s)
-        self._sock.settimeout(left)
+        return self._write(lambda: self._sock.send(data, *flags))
 
     def shutdown(self, how: int) -> None:
         """Half-close, except for a dropped client: its socket is closed at once.
@@ -102,6 +67,28 @@ class DeadlineSocket:
             raise OSError(errno.ENOTCONN, "dropped")  # gunicorn's graceful close stops here
         self._sock.shutdown(how)
 
+    def _read(self, read: Callable[[], T]) -> T:
+        if not self._receiving:
+            return read()
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self._read_timeout_s
+        if now >= self._deadline:
+            raise self._dropped("sent its request too slowly", self._read_timeout_s)
+        self._sock.settimeout(self._deadline - now)
+        try:
+            return read()
+        except TimeoutError:
+            raise self._dropped("sent its request too slowly", self._read_timeout_s) from None
+
+    def _write(self, write: Callable[[], T]) -> T:
+        self._receiving = False
+        self._sock.settimeout(self._write_timeout_s)
+        try:
+            return write()
+        except TimeoutError:
+            raise self._dropped("stopped reading its answer", self._write_timeout_s) from None
+
     def _dropped(self, what: str, limit_s: float) -> OSError:
         self._given_up = True
         try:
@@ -112,5 +99,5 @@ class DeadlineSocket:
         # gunicorn closes a connection that reports a reset quietly (a timeout would be logged as a server error)
         return ConnectionResetError(errno.ECONNRESET, f"client {what}")
 
-    def __getattr__(self, name: str) -> Any:  # fileno, close, shutdown, getpeername, ...: the socket's own
+    def __getattr__(self, name: str) -> Any:  # fileno, close, settimeout, setblocking, ...: the socket's own
         return getattr(self._sock, name)

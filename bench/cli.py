@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> Report:
         removed = 0
         try:
             service.start()
-            client = ServiceClient(service.url, service.key)
+            client = ServiceClient(service.url, service.keys)
             client.run()  # builds the client image on first use
             image = _floor_image(docker_client.api, service)
             floor = Floor(docker_client.api, image, service.instance)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -31,16 +32,19 @@ class RunSample:
 
 
 class ServiceClient:
-    """Posts runs with a keep-alive session per thread."""
+    """Posts runs with a keep-alive session per thread; each thread is one of the clients, in turn."""
 
-    def __init__(self, url: str, key: str) -> None:
+    def __init__(self, url: str, keys: list[str]) -> None:
         self._url = f"{url}/run-json"
-        self._headers = {"Authorization": f"Bearer {key}"}
+        self._keys = keys
+        self._next = itertools.count()
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
+            key = self._keys[next(self._next) % len(self._keys)]  # threads 0..n-1 are clients 0..n-1
+            self._local.session.headers["Authorization"] = f"Bearer {key}"
         session: requests.Session = self._local.session
         return session
 
@@ -49,7 +53,7 @@ class ServiceClient:
     ) -> RunSample:
         """One run awaited as JSON; raises unless it succeeded with the expected stdout (and output files)."""
         body = {"script_name": "main.py", "code": code, **fields}
-        headers = {**self._headers, "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         start = time.perf_counter()
         r = self._session().post(self._url, json=body, headers=headers, timeout=600)
         latency = time.perf_counter() - start
@@ -67,7 +71,7 @@ class ServiceClient:
         """Seconds from sending a streamed (text/plain) run to its first body byte; reads it to the end."""
         body = {"script_name": "main.py", "code": code}
         start = time.perf_counter()
-        with self._session().post(self._url, json=body, headers=self._headers, stream=True, timeout=600) as r:
+        with self._session().post(self._url, json=body, stream=True, timeout=600) as r:
             if r.status_code != 200:
                 raise RequestRejected(r.status_code, r.text)
             chunks = r.iter_content(chunk_size=1)

@@ -19,6 +19,7 @@ from tests.cluster import SECOND_ENGINE, Cluster
 from .client import ServiceClient
 from .measure import interleave
 from .report import Report, Row
+from .service import CLIENTS
 
 OVERHEAD_TARGET_MS = 15.0
 
@@ -37,7 +38,7 @@ def _deployment(
             for n, engine in enumerate(engines):
                 cluster.worker(f"w{n}", engine)
             cluster.wait_for_workers(len(engines), node)
-            client = ServiceClient(node.url, cluster.key("bench"))
+            client = ServiceClient(node.url, [cluster.key(f"bench-{n}") for n in range(CLIENTS)])
             client.run()  # the first run builds the client's image on its host
             yield client
         finally:

@@ -18,6 +18,7 @@ from app.sandbox.container import LABEL
 from tests.backing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+CLIENTS = 4  # the bench's runs come from this many clients, in turn per thread
 INSTANCE_LABEL = f"{LABEL}.instance"
 
 
@@ -41,8 +42,25 @@ class Service:
             "RUNNER_CLIENT_QUEUE_LIMIT": "64",
             **(extra_env or {}),
         }
-        self.key = ""
+        self.keys: list[str] = []  # one per client: real traffic comes from several
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def key(self) -> str:
+        """The first client's key."""
+        return self.keys[0]
+
+    def _create_client(self, name: str) -> str:
+        created = subprocess.run(
+            [sys.executable, "run.py", "clients", "create", name],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        if created.returncode != 0 or not created.stdout.strip():
+            raise RuntimeError(f"`run.py clients create {name}` failed:\n{created.stderr[-2000:]}")
+        return created.stdout.strip().splitlines()[-1]
 
     def __enter__(self) -> Service:
         self.start()
@@ -52,17 +70,8 @@ class Service:
         self.stop()
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Create the `bench` client's key, start serving and wait for /readyz."""
-        created = subprocess.run(
-            [sys.executable, "run.py", "clients", "create", "bench"],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-        )
-        if created.returncode != 0 or not created.stdout.strip():
-            raise RuntimeError(f"`run.py clients create bench` failed:\n{created.stderr[-2000:]}")
-        self.key = created.stdout.strip().splitlines()[-1]
+        """Create the bench clients' keys, start serving and wait for /readyz."""
+        self.keys = [self._create_client(f"bench-{n}") for n in range(CLIENTS)]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen([sys.executable, "run.py"], cwd=REPO, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -337,3 +338,24 @@ def healthz_status(port: int) -> int:
         return conn.getresponse().status
     finally:
         conn.close()
+
+
+def test_a_keep_alive_request_whose_body_comes_after_its_headers_is_read_whole(strict_server: Served) -> None:
+    """The second request on a connection, its body sent a moment after its headers, as clients often do."""
+    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
+    head = (
+        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {strict_server.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=10) as s:
+        answers = b""
+        for n in range(1, 4):
+            s.sendall(head)
+            time.sleep(0.3)  # the body arrives after the server has started reading the request
+            s.sendall(body)
+            while answers.count(b"HTTP/1.1 ") < n or not answers.endswith(b"}\n"):
+                received = s.recv(65536)
+                assert received, answers
+                answers += received
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3})", answers)
+    assert statuses == [b"202"] * 3, answers[-500:]
