@@ -12,9 +12,10 @@ from pathlib import Path
 import docker
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families as parse_metrics
 
 from app.sandbox.container import LABEL
-from tests.backing import PostgresServer, RedisServer
+from tests.backing import PostgresServer, RedisServer, free_port
 from tests.cluster import SECOND_ENGINE, Client, Cluster, Proc
 from tests.helpers import leftovers, wait_until
 from tests.package_index import serve_index
@@ -407,8 +408,9 @@ def test_a_running_limit_per_client_holds_cluster_wide_and_leaves_other_workers_
     c = _make_cluster(tmp_path, postgres, redis_server, RUNNER_POOL_SIZE="0", RUNNER_CLIENT_RUNNING_LIMIT="1")
     try:
         node = c.api_node("a")
-        c.worker("w1")
-        c.worker("w2", SECOND_ENGINE)
+        ports = [free_port(), free_port()]
+        c.worker("w1", "", RUNNER_METRICS_PORT=str(ports[0]), RUNNER_METRICS_TOKEN="m-token")
+        c.worker("w2", SECOND_ENGINE, RUNNER_METRICS_PORT=str(ports[1]), RUNNER_METRICS_TOKEN="m-token")
         c.wait_for_workers(2, node)  # four places to run in, one for each of kim's jobs
         kim, lou = Client(c.key("kim")), Client(c.key("lou"))
         mine = [kim.submit(node, SLEEPER.format(s=1.5)) for _ in range(3)]
@@ -428,6 +430,14 @@ def test_a_running_limit_per_client_holds_cluster_wide_and_leaves_other_workers_
         assert other["status"] == "succeeded"
         started = sorted(_epoch(kim.status(node, j)["finished_at"]) for j in mine)
         assert _epoch(other["finished_at"]) < started[-1]  # lou did not wait behind kim's backlog
+        ran = 0.0  # each worker serves the metrics of the runs it made, behind the token
+        for port in ports:
+            url = f"http://127.0.0.1:{port}/metrics"
+            assert requests.get(url, timeout=5).status_code == 401
+            text = requests.get(url, headers={"Authorization": "Bearer m-token"}, timeout=5).text
+            samples = {(s.name, tuple(s.labels.items())): s.value for f in parse_metrics(text) for s in f.samples}
+            ran += samples.get(("runner_runs_total", (("status", "succeeded"),)), 0.0)
+        assert ran == 4
     finally:
         c.close()
         redis_server.close()

@@ -12,7 +12,7 @@ from app.models import Job, Limits, Status
 from app.sandbox.container import LABEL, Run
 from app.services import EXTENSION
 from app.store import Store
-from tests.helpers import Api, chunks_of, containers_gone, read_line
+from tests.helpers import Api, chunks_of, containers_gone, read_line, wait_until
 
 
 def wait_done(api: Api, job_id: str, timeout: float = 60) -> dict:
@@ -255,3 +255,20 @@ def test_each_client_keeps_at_most_its_newest_finished_jobs(make_app, base_image
     ids = [api.run_json(f"print({i})").json["job_id"] for i in range(4)]
     assert [j["job_id"] for j in api.get("/jobs").json["jobs"]] == ids[::-1][:3]  # 2 kept + the newest
     assert other.get(f"/status/{kept_elsewhere}").status_code == 200
+
+
+def test_another_clients_hello_world_waits_at_most_one_run_behind_a_backlog(make_app, base_image: str) -> None:
+    """Client A queues 8 jobs of 3 s on 2 workers; client B's hello world starts when the first of A's ends."""
+    app = make_app(base_image=base_image, workers=2)
+    alice, bob = Api(app, "alice"), Api(app, "bob")
+    backlog = [alice.run_json("import time; time.sleep(3)", query="?async=1").json["job_id"] for _ in range(8)]
+    assert wait_until(lambda: sum(alice.get(f"/status/{j}").json["status"] == "running" for j in backlog) == 2, 30)
+    started = time.monotonic()
+    r = bob.run_json("print('hello world')")
+    waited = time.monotonic() - started
+    assert r.json["status"] == "succeeded"
+    assert waited < 3 + 2, f"bob waited {waited:.1f} s behind alice's backlog (one run is 3 s)"
+    queued = [j for j in backlog if alice.get(f"/status/{j}").json["status"] == "queued"]
+    assert len(queued) >= 4  # bob did not wait for the backlog to drain
+    for j in backlog:
+        alice.delete(f"/jobs/{j}")
