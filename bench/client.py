@@ -10,6 +10,8 @@ from typing import Any
 
 import requests
 
+from app.times import parse_rfc3339
+
 HELLO_CODE = "print('hello world')"
 
 
@@ -64,7 +66,7 @@ class ServiceClient:
             detail = {k: job.get(k) for k in ("status", "message", "stdout", "stderr")}
             tail = (job.get("build_log") or "")[-1500:]
             raise RuntimeError(f"run did not succeed: {detail}\n{tail}")
-        total = (job["finished_at"] or 0) - job["created_at"]
+        total = parse_rfc3339(job["finished_at"]) - parse_rfc3339(job["created_at"])
         return RunSample(latency, total, (job.get("duration_ms") or 0) / 1000)
 
     def first_byte(self, code: str = HELLO_CODE) -> float:

@@ -11,6 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from app.clients import NAME, NAME_MAX_LENGTH, NAME_RULE
 from app.models import Job, Status
+from app.times import rfc3339
 
 
 def client_field(**kwargs: Any) -> fields.String:
@@ -37,6 +38,7 @@ class Code(fields.Field[str]):
 
 MAX_ARGS, MAX_ARG_CHARS = 64, 4096
 MAX_ENV, MAX_ENV_BYTES = 64, 32768
+TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC (e.g. 2026-11-30T01:57:15.417Z)."}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = ("PYTHON", "LD_")  # prefixes that change how Python or the loader behave
 RESERVED_ENV_NAMES = ("PATH", "HOME")
@@ -203,8 +205,9 @@ class JobSchema(Schema):
     duration_ms = fields.Integer(allow_none=True)
     limits = fields.Function(lambda j: j.limits.as_dict(), metadata={"type": "object"})
     entrypoint = fields.String()
-    created_at = fields.Float()
-    finished_at = fields.Float(allow_none=True)
+    created_at = fields.Function(lambda j: rfc3339(j.created_at), metadata=TIME)
+    started_at = fields.Function(lambda j: rfc3339(j.started_at), allow_none=True, metadata=TIME)
+    finished_at = fields.Function(lambda j: rfc3339(j.finished_at), allow_none=True, metadata=TIME)
     build_log = fields.String()
     worker = fields.String(
         allow_none=True, metadata={"description": "Instance name (RUNNER_INSTANCE) of the process that ran the job."}

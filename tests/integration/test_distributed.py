@@ -15,6 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families as parse_metrics
 
 from app.sandbox.container import LABEL
+from app.times import parse_rfc3339
 from tests.backing import PostgresServer, RedisServer, free_port
 from tests.cluster import SECOND_ENGINE, Client, Cluster, Proc
 from tests.helpers import leftovers, wait_until
@@ -223,8 +224,8 @@ def test_one_clients_backlog_does_not_hold_back_another_clients_next_job(cluster
     assert started(job) <= min(waited) + 0.05, (started(job), waited)
 
 
-def _epoch(value: float | str) -> float:
-    return float(value)
+def _epoch(value: str) -> float:
+    return parse_rfc3339(value)
 
 
 def test_an_api_node_killed_mid_stream_does_not_affect_the_job(cluster: Cluster, alice: Client) -> None:
