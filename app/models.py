@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import mimetypes
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+JOB_ID = re.compile(r"[0-9a-f]{24}")  # secrets.token_hex(12)
 LogSink = Callable[[str], None]
 """Receives lines of a tool's or a build's progress."""
 
@@ -186,6 +188,39 @@ class WebhookState:
     status: str
     attempts: int = 0
     last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a listing shows of a job: never its outputs, only their sizes."""
+
+    id: str
+    status: Status
+    exit_code: int | None
+    message: str
+    entrypoint: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    stdout_bytes: int
+    stderr_bytes: int
+    worker: str | None
+    artifact_count: int
+    output_evicted: bool
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at) * 1000)
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where a page of a listing ends: the last job's creation time and id (newest first, ties by id)."""
+
+    created_at: float
+    job_id: str
 
 
 @dataclass

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from app.models import Artifact, Job, Limits, Output, RunSpec, Status, WebhookState
+from app.models import Artifact, Job, JobSummary, Limits, Output, PageCursor, RunSpec, Status, WebhookState
 
 T = TypeVar("T")
 metadata = sa.MetaData()
@@ -52,8 +52,11 @@ jobs = sa.Table(
     sa.Column("container_id", sa.Text),  # the Docker container the job ran in
     sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),  # output, build log, files
     sa.Column("output_evicted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("stdout_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("stderr_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
     sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
+    sa.Index("jobs_page", "client", "created_at", "id"),  # listings: newest first, ties by id
     sa.Index("jobs_by_finish", "finished_at"),
     sa.Index("jobs_by_status", "status"),
 )
@@ -85,6 +88,13 @@ schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.In
 CLIENT_FIELDS = (clients.c.name, clients.c.key_hash, clients.c.created_at, clients.c.revoked_at)
 POOL_SIZE, POOL_OVERFLOW = 5, 10  # connections per process: at most 15 each (PostgreSQL allows 100 by default)
 JOB_FIELDS = [c.name for c in jobs.columns if c.name != "spec"]
+SUMMARY_FIELDS = [
+    jobs.c[name]
+    for name in (
+        "id", "status", "exit_code", "message", "entrypoint", "created_at", "started_at", "finished_at",
+        "stdout_bytes", "stderr_bytes", "worker", "artifacts", "output_evicted",
+    )
+]  # fmt: skip
 UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
 
 
@@ -145,8 +155,23 @@ def _v6_output_once(conn: Connection) -> None:
         )
 
 
+def _v7_summaries(conn: Connection) -> None:
+    """Jobs gain the sizes of their stdout and stderr, and an index for listing pages.
+
+    Listings show the sizes without reading outputs.
+    """
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN stdout_bytes BIGINT NOT NULL DEFAULT 0"))
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN stderr_bytes BIGINT NOT NULL DEFAULT 0"))
+    old = sa.table("jobs", sa.column("id"), sa.column("output"), sa.column("stdout_bytes"), sa.column("stderr_bytes"))
+    for job_id, blob in conn.execute(sa.select(old.c.id, old.c.output)).all():
+        printed = Output.decode(bytes(blob))
+        sizes = {"stdout_bytes": len(printed.stdout), "stderr_bytes": len(printed.stderr)}
+        conn.execute(sa.update(old).where(old.c.id == job_id).values(**sizes))
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS jobs_page ON jobs (client, created_at, id)"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks, _v5_container, _v6_output_once,
+    _v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks, _v5_container, _v6_output_once, _v7_summaries,
 ]  # fmt: skip
 """MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
 VERSION = len(MIGRATIONS)
@@ -226,6 +251,14 @@ class Store:
         values["spec"] = _dump_spec(spec) if spec is not None and not job.status.finished else None
         self._run(self._upsert_finished_job if job.status.finished else self._upsert_job, values)
 
+    def insert_jobs(self, finished: Iterable[Job]) -> int:
+        """Insert finished jobs in one transaction (imports, and the benchmark's stored jobs); return how many."""
+        rows = [{**_job_values(job), "spec": None} for job in finished]
+        if rows:
+            with self._transaction() as conn:
+                conn.execute(sa.insert(jobs), rows)
+        return len(rows)
+
     def save_final(self, job: Job) -> bool:
         """Record a job's end, unless it already ended (a watchdog, a cancel of the queued job) or is gone."""
         values = {k: v for k, v in _job_values(job).items() if k != "id"}
@@ -244,16 +277,34 @@ class Store:
         rows = self._rows(sa.select(jobs.c.spec).where(jobs.c.id == job_id))
         return _load_spec(rows[0][0]) if rows and rows[0][0] else None
 
-    def list_jobs(self, client: str, limit: int, offset: int) -> list[Job]:
-        """The client's jobs, newest first."""
-        query = (
-            sa.select(*[jobs.c[f] for f in JOB_FIELDS])
-            .where(jobs.c.client == client)
-            .order_by(jobs.c.created_at.desc(), jobs.c.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        return [_job(r) for r in self._rows(query)]
+    def list_summaries(
+        self,
+        client: str,
+        limit: int,
+        *,
+        after: PageCursor | None = None,
+        statuses: Iterable[Status] = (),
+        since: float | None = None,
+    ) -> list[JobSummary]:
+        """The client's jobs, newest first (ties by id), from just past `after`; summaries only, no outputs.
+
+        A page continues where the last one ended whatever was added meanwhile: new jobs sort before the cursor.
+        """
+        query = sa.select(*SUMMARY_FIELDS).where(jobs.c.client == client)
+        wanted = [s.value for s in statuses]
+        if wanted:
+            query = query.where(jobs.c.status.in_(wanted))
+        if since is not None:
+            query = query.where(jobs.c.created_at >= since)
+        if after is not None:
+            query = query.where(
+                sa.or_(
+                    jobs.c.created_at < after.created_at,
+                    sa.and_(jobs.c.created_at == after.created_at, jobs.c.id < after.job_id),
+                )
+            )
+        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        return [_summary(r) for r in self._rows(query)]
 
     def count_jobs(self, client: str) -> int:
         return self._count(jobs.c.client == client)
@@ -594,6 +645,8 @@ def _job_values(job: Job) -> dict[str, Any]:
         "container_id": job.container_id,
         "stored_bytes": len(output) + len(job.build_log.encode()) + sum(a.size for a in job.artifacts),
         "output_evicted": job.output_evicted,
+        "stdout_bytes": len(job.stdout),
+        "stderr_bytes": len(job.stderr),
     }
 
 
@@ -602,10 +655,21 @@ def _job(row: Iterable[Any]) -> Job:
     values["status"] = Status(values["status"])
     values["limits"] = Limits(**json.loads(values["limits"]))
     values["printed"] = Output.decode(bytes(values.pop("output")))
-    del values["stdout"], values["stderr"], values["stored_bytes"]
+    del values["stdout"], values["stderr"], values["stored_bytes"], values["stdout_bytes"], values["stderr_bytes"]
     values["artifacts"] = [Artifact(**a) for a in json.loads(values["artifacts"])]
     values["webhook"] = WebhookState(**json.loads(values["webhook"])) if values["webhook"] else None
     return Job(**values)
+
+
+def _summary(row: Iterable[Any]) -> JobSummary:
+    (job_id, status, exit_code, message, entrypoint, created, started, finished, out, err, worker, listed, evicted) = (
+        row
+    )
+    return JobSummary(
+        id=job_id, status=Status(status), exit_code=exit_code, message=message, entrypoint=entrypoint,
+        created_at=created, started_at=started, finished_at=finished, stdout_bytes=int(out), stderr_bytes=int(err),
+        worker=worker, artifact_count=len(json.loads(listed or "[]")), output_evicted=bool(evicted),
+    )  # fmt: skip
 
 
 def _dump_spec(spec: RunSpec) -> str:

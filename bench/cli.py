@@ -12,12 +12,14 @@ import docker
 import docker.errors
 
 from app.config import Settings
+from app.images.client_images import client_image_tag
 
 from . import events, machine, scenarios
 from .client import ServiceClient
 from .distributed import distributed
 from .floor import Floor
 from .index import bench_index
+from .listing import listing
 from .measure import throughput
 from .report import Report, render_markdown, render_text
 from .service import Service
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _floor_image(api: docker.APIClient, service: Service) -> str:
     """The client image the service built (same content as the base), else the base image."""
     prefix = service.env.get("RUNNER_IMAGE_PREFIX") or Settings().image_prefix
-    tag = f"{prefix}-bench:nodeps"
+    tag = client_image_tag(prefix, "bench-0", ())
     try:
         api.inspect_image(tag)
         return tag
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> Report:
                 scenarios.cached_deps(bench, report, pkg_index)
                 scenarios.throughputs(bench, report)
                 scenarios.peak_rss(bench, report)
+                listing(client, service.store_path, report, samples, args.quick)
             if not args.no_distributed:
                 distributed(
                     report, client, samples=samples, warmups=warmups, duration_s=duration_s,

@@ -37,6 +37,7 @@ class ServiceClient:
     """Posts runs with a keep-alive session per thread; each thread is one of the clients, in turn."""
 
     def __init__(self, url: str, keys: list[str]) -> None:
+        self._base = url
         self._url = f"{url}/run-json"
         self._keys = keys
         self._next = itertools.count()
@@ -68,6 +69,22 @@ class ServiceClient:
             raise RuntimeError(f"run did not succeed: {detail}\n{tail}")
         total = parse_rfc3339(job["finished_at"]) - parse_rfc3339(job["created_at"])
         return RunSample(latency, total, (job.get("duration_ms") or 0) / 1000)
+
+    def get(self, path: str) -> tuple[float, Any]:
+        """Seconds for a GET as the first client, and its JSON."""
+        start = time.perf_counter()
+        r = self._first_client().get(self._base + path, timeout=60)
+        latency = time.perf_counter() - start
+        if r.status_code != 200:
+            raise RequestRejected(r.status_code, r.text)
+        return latency, r.json()
+
+    def _first_client(self) -> requests.Session:
+        if not hasattr(self._local, "first"):
+            self._local.first = requests.Session()
+            self._local.first.headers["Authorization"] = f"Bearer {self._keys[0]}"
+        session: requests.Session = self._local.first
+        return session
 
     def first_byte(self, code: str = HELLO_CODE) -> float:
         """Seconds from sending a streamed (text/plain) run to its first body byte; reads it to the end."""

@@ -40,10 +40,16 @@ class Service:
             "RUNNER_WORKERS": str(workers),
             "RUNNER_QUEUE_SIZE": "64",
             "RUNNER_CLIENT_QUEUE_LIMIT": "64",
+            "RUNNER_CLIENT_MAX_JOBS": "200000",  # the listing scenario stores 100,000 jobs for one client
             **(extra_env or {}),
         }
         self.keys: list[str] = []  # one per client: real traffic comes from several
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def store_path(self) -> Path:
+        """The service's SQLite job store."""
+        return Path(self.env["RUNNER_DATA_DIR"]) / "runner.sqlite3"
 
     @property
     def key(self) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Response, g, jsonify, request
+from typing import Any
 
-from app.api.parsing import load
+from flask import Response, g, jsonify, request, url_for
+
+from app.api.parsing import decode_cursor, encode_cursor, load, parse_since, parse_statuses
 from app.api.schemas import DeletedSchema, JobListSchema, PageSchema, job_schema
 from app.services import services
 
@@ -78,19 +80,28 @@ def list_jobs() -> Response:
 
     ---
     get:
-      summary: Your jobs, newest first
+      summary: Summaries of your jobs, newest first (no outputs; follow status_url for one job's)
       parameters:
-      - {in: query, name: limit, schema: {type: integer, default: 20, maximum: 100}}
-      - {in: query, name: offset, schema: {type: integer, default: 0}}
+      - {in: query, name: limit, schema: {type: integer, default: 20, minimum: 1, maximum: 100}}
+      - {in: query, name: status, description: 'Only these statuses, comma-separated (e.g. failed,timed_out)',
+         schema: {type: string}}
+      - {in: query, name: since, description: 'Only jobs created at or after this time (RFC 3339)',
+         schema: {type: string, format: date-time}}
+      - {in: query, name: cursor, description: 'The next page, as given by next', schema: {type: string}}
       responses:
         200: {description: OK, content: {application/json: {schema: JobListSchema}}}
         400: {$ref: "#/components/responses/Error"}
         401: {$ref: "#/components/responses/Error"}
     """
-    page = load(PageSchema(), request.args.to_dict())
-    found, total = services().jobs.page(g.client, page["limit"], page["offset"])
-    body = {"jobs": found, "total": total, **page}
-    return jsonify(JobListSchema().dump(body))
+    query = load(PageSchema(), request.args.to_dict())
+    statuses, since = parse_statuses(query.get("status")), parse_since(query.get("since"))
+    after = decode_cursor(query["cursor"]) if "cursor" in query else None
+    found, following = services().jobs.page(g.client, query["limit"], after=after, statuses=statuses, since=since)
+    next_url = None
+    if following is not None:
+        kept: dict[str, Any] = {k: v for k, v in request.args.items() if k in ("limit", "status", "since")}
+        next_url = url_for("api.list_jobs", **kept, cursor=encode_cursor(following))
+    return jsonify(JobListSchema().dump({"jobs": found, "next": next_url}))
 
 
 def delete_job(job_id: str) -> Response:

@@ -17,6 +17,7 @@ DOCUMENTED_SCHEMAS = (
     "JobSchema",
     "ArtifactSchema",
     "AcceptedSchema",
+    "JobSummarySchema",
     "JobListSchema",
     "DeletedSchema",
     "ErrorSchema",

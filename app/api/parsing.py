@@ -1,7 +1,9 @@
-"""Turning validated HTTP input into a RunSpec: file names, sizes, entry point, limits."""
+"""Turning validated HTTP input into values: a RunSpec (file names, sizes, entry point, limits), listing filters."""
 
 from __future__ import annotations
 
+import base64
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,9 +15,10 @@ from app.config import Settings
 from app.errors import PayloadTooLarge, ValidationFailed
 from app.images.deps import REQUIREMENTS_FILE, check_detected_count, parse_requirements
 from app.jobs.webhooks import check_callback_url, parse_allow
-from app.models import RunSpec
+from app.models import JOB_ID, PageCursor, RunSpec, Status
 from app.sandbox.agent import OUT_DIR
 from app.sandbox.limits import resolve_limits
+from app.times import parse_rfc3339
 
 MAX_NAME_LENGTH = 100
 RESERVED_NAMES = (OUT_DIR,)  # the folder the agent makes for the script's output files
@@ -136,3 +139,45 @@ def run_spec(
         stdin=None if stdin is None else check_size("stdin", stdin.encode(), settings),
         callback_url=callback_url,
     )
+
+
+def parse_statuses(text: str | None) -> list[Status]:
+    """`status=failed,timed_out` as statuses. :raises ValidationFailed: an unknown one."""
+    if not text:
+        return []
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in Status.__members__.values()]
+    if unknown:
+        known = ", ".join(s.value for s in Status)
+        raise ValidationFailed(f"Unknown status {unknown[0][:40]!r}; use any of: {known}.")
+    return [Status(name) for name in names]
+
+
+def parse_since(text: str | None) -> float | None:
+    """`since=` as Unix seconds. :raises ValidationFailed: not an RFC 3339 time."""
+    if text is None:
+        return None
+    try:
+        return parse_rfc3339(text)
+    except ValueError as e:
+        raise ValidationFailed(
+            "`since` must be an RFC 3339 time with its offset, e.g. 2026-11-30T01:57:15Z.", details={"since": [str(e)]}
+        ) from e
+
+
+def encode_cursor(cursor: PageCursor) -> str:
+    """An opaque token for the page after `cursor` (its time written exactly, so it reads back the same)."""
+    return base64.urlsafe_b64encode(f"{cursor.created_at!r}/{cursor.job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> PageCursor:
+    """:raises ValidationFailed: not a token this service gave."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        created, job_id = text.split("/", 1)
+        cursor = PageCursor(float(created), job_id)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValidationFailed("`cursor` is not one this service gave; take it from a page's `next`.") from e
+    if not math.isfinite(cursor.created_at) or not JOB_ID.fullmatch(cursor.job_id):
+        raise ValidationFailed("`cursor` is not one this service gave; take it from a page's `next`.")
+    return cursor

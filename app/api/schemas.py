@@ -263,16 +263,36 @@ class AcceptedSchema(Schema):
     status_url = fields.String()
 
 
+class JobSummarySchema(Schema):
+    job_id = fields.String(attribute="id")
+    status = fields.Function(lambda j: j.status.value, metadata={"enum": [s.value for s in Status]})
+    exit_code = fields.Integer(allow_none=True)
+    message = fields.String()
+    entrypoint = fields.String()
+    created_at = fields.Function(lambda j: rfc3339(j.created_at), metadata=TIME)
+    started_at = fields.Function(lambda j: rfc3339(j.started_at), allow_none=True, metadata=TIME)
+    finished_at = fields.Function(lambda j: rfc3339(j.finished_at), allow_none=True, metadata=TIME)
+    duration_ms = fields.Integer(allow_none=True)
+    stdout_bytes = fields.Integer(metadata={"description": "Size of its stdout (read it at status_url)."})
+    stderr_bytes = fields.Integer()
+    worker = fields.String(allow_none=True)
+    artifact_count = fields.Integer(metadata={"description": "How many output files it has."})
+    output_evicted = fields.Boolean()
+    status_url = fields.Function(lambda j: f"/status/{j.id}")
+
+
 class JobListSchema(Schema):
-    jobs = fields.List(fields.Nested(JobSchema))
-    total = fields.Integer()
-    limit = fields.Integer()
-    offset = fields.Integer()
+    jobs = fields.List(fields.Nested(JobSummarySchema))
+    next = fields.String(
+        allow_none=True, metadata={"description": "The next page (same filters), or null after the last."}
+    )
 
 
 class PageSchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    cursor = fields.String(validate=validate.Length(max=200))
+    status = fields.String(validate=validate.Length(max=300))
+    since = fields.String(validate=validate.Length(max=64))
 
 
 class DeletedSchema(Schema):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from app.errors import Draining, NotFound
 from app.jobs.executor import JobExecutor
 from app.jobs.outputs import OutputBus
-from app.models import Artifact, Job, RunSpec, Status, WebhookState
+from app.models import Artifact, Job, JobSummary, PageCursor, RunSpec, Status, WebhookState
 from app.store import Store
 
 INTERRUPTED = "The service stopped before this job ended; submit it again."
@@ -82,10 +82,21 @@ class JobService:
             raise NotFound(f"Job {job.id!r} has no output file {name!r}.")
         return listed, data
 
-    def page(self, client: str, limit: int, offset: int) -> tuple[list[Job], int]:
-        """A page of the client's jobs, newest first, and how many there are."""
+    def page(
+        self,
+        client: str,
+        limit: int,
+        *,
+        after: PageCursor | None = None,
+        statuses: Iterable[Status] = (),
+        since: float | None = None,
+    ) -> tuple[list[JobSummary], PageCursor | None]:
+        """A page of the client's job summaries, newest first, and the cursor of the next page (None: the last)."""
         self.purge_expired()
-        return self._store.list_jobs(client, limit, offset), self._store.count_jobs(client)
+        found = self._store.list_summaries(client, limit + 1, after=after, statuses=statuses, since=since)
+        page = found[:limit]
+        more = len(found) > limit
+        return page, PageCursor(page[-1].created_at, page[-1].id) if more else None
 
     def follow_output(self, job: Job) -> Iterator[bytes]:
         """The job's output: live while it runs, from the store once it is done."""

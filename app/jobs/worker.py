@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import signal
 import threading
 import time
@@ -31,12 +30,11 @@ from app.jobs.fair import Head, pick_next
 from app.jobs.queue import TASK, job_queue
 from app.jobs.runner import JobRunner
 from app.jobs.streams import REDIS_ERRORS, CancelSignals
-from app.models import Status
+from app.models import JOB_ID, Status
 from app.store import Store
 
 log = logging.getLogger(__name__)
 CLAIM_ATTEMPTS = 20
-JOB_ID = re.compile(r"[0-9a-f]{24}")
 WORKER_FAILED = "The worker failed while starting or recording this job; it has been logged. Submit it again."
 
 

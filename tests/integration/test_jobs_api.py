@@ -60,13 +60,26 @@ def test_other_clients_job_is_404_on_every_endpoint(api: Api) -> None:
     assert api.get(f"/status/{job_id}").json["stdout"] == "secret\n"
 
 
-def test_jobs_lists_own_jobs_newest_first_with_paging(api: Api) -> None:
-    ids = [api.run_json(f"print({i})").json["job_id"] for i in range(3)]
+def test_jobs_lists_summaries_newest_first_by_cursor_without_skips_or_repeats(api: Api) -> None:
+    ids = [api.run_json(f"print({i})" if i != 1 else "import sys; sys.exit(3)").json["job_id"] for i in range(3)]
     page = api.get("/jobs?limit=2").json
     assert [j["job_id"] for j in page["jobs"]] == ids[::-1][:2]
-    assert page["total"] == 3
-    assert [j["job_id"] for j in api.get("/jobs?limit=2&offset=2").json["jobs"]] == ids[:1]
-    assert api.get("/jobs?limit=1000").status_code == 400
+    summary = page["jobs"][1]
+    assert "stdout" not in summary and "stderr" not in summary and "build_log" not in summary
+    assert (summary["status"], summary["exit_code"], summary["stdout_bytes"]) == ("failed", 3, 0)
+    assert page["jobs"][0]["stdout_bytes"] == len("2\n") and page["jobs"][0]["artifact_count"] == 0
+    assert page["jobs"][0]["created_at"].endswith("Z") and page["jobs"][0]["status_url"] == f"/status/{ids[2]}"
+    newer = api.run_json("print('new')").json["job_id"]  # arrives between two pages: neither skips nor repeats
+    rest = api.get(page["next"]).json
+    assert [j["job_id"] for j in rest["jobs"]] == ids[:1] and rest["next"] is None
+    assert api.get("/jobs?limit=1").json["jobs"][0]["job_id"] == newer
+    failed = api.get("/jobs?status=failed,timed_out").json["jobs"]
+    assert [j["job_id"] for j in failed] == [ids[1]]
+    since = api.get(f"/status/{ids[2]}").json["created_at"]
+    assert [j["job_id"] for j in api.get(f"/jobs?since={since}").json["jobs"]] == [newer, ids[2]]
+    for bad in ("limit=1000", "limit=0", "status=exploded", "since=yesterday", "cursor=bm9wZQ", "cursor=%00"):
+        r = api.get(f"/jobs?{bad}")
+        assert r.status_code == 400 and r.json["error"]["code"] == "validation_failed", bad
 
 
 def test_delete_cancels_a_running_job_and_kills_its_container(api: Api, docker_client: docker.DockerClient) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from app.models import STDERR, STDOUT, Artifact, Job, Limits, Output, RunSpec, Status
+from app.models import STDERR, STDOUT, Artifact, Job, JobSummary, Limits, Output, PageCursor, RunSpec, Status
 from app.store import Store, database_url
 
 LIMITS = Limits(timeout_s=30, memory_mb=256, cpus=1.0)
@@ -37,7 +37,7 @@ def job(
     return Job(job_id, client, status, LIMITS, "main.py", created_at=created_at, finished_at=finished_at)
 
 
-def ids(jobs: list[Job]) -> list[str]:
+def ids(jobs: Sequence[Job | JobSummary]) -> list[str]:
     return [j.id for j in jobs]
 
 
@@ -99,15 +99,21 @@ def test_another_clients_job_is_none_when_asked_as_a_client(store: Store) -> Non
     assert store.get_job("missing") is None
 
 
-def test_list_jobs_is_the_clients_own_newest_first_with_limit_and_offset(store: Store) -> None:
+def test_summaries_are_the_clients_own_newest_first_from_a_cursor_with_filters(store: Store) -> None:
     for n in range(1, 6):
-        store.save_job(job(f"j{n}", created_at=1000.0 + n))
+        store.save_job(job(f"j{n}", created_at=1000.0 + n, status=Status.FAILED if n % 2 else Status.SUCCEEDED))
+    store.save_job(job("tie", created_at=1003.0))  # same time as j3: ties go by id, newest-first order kept
     store.save_job(job("theirs", client="other", created_at=2000.0))
-    assert ids(store.list_jobs("acme", limit=2, offset=0)) == ["j5", "j4"]
-    assert ids(store.list_jobs("acme", limit=2, offset=2)) == ["j3", "j2"]
-    assert ids(store.list_jobs("acme", limit=2, offset=4)) == ["j1"]
-    assert store.list_jobs("acme", limit=2, offset=6) == []
-    assert ids(store.list_jobs("other", limit=10, offset=0)) == ["theirs"]
+    first = store.list_summaries("acme", 2)
+    assert ids(first) == ["j5", "j4"]
+    after = PageCursor(first[-1].created_at, first[-1].id)
+    second = store.list_summaries("acme", 2, after=after)
+    assert ids(second) == ["tie", "j3"]
+    rest = store.list_summaries("acme", 10, after=PageCursor(second[-1].created_at, second[-1].id))
+    assert ids(rest) == ["j2", "j1"]
+    assert ids(store.list_summaries("acme", 10, statuses=[Status.FAILED])) == ["j5", "j3", "j1"]
+    assert ids(store.list_summaries("acme", 10, since=1004.0)) == ["j5", "j4"]
+    assert ids(store.list_summaries("other", 10)) == ["theirs"]
 
 
 def test_count_jobs_counts_only_the_clients_jobs(store: Store) -> None:
@@ -128,7 +134,7 @@ def test_purge_finished_before_deletes_only_jobs_that_ended_before_the_cutoff(st
     store.save_job(job("old-queued", status=Status.QUEUED, created_at=10.0))
     assert store.purge_finished_before(200.0) == 1
     assert store.get_job("old") is None
-    assert {j.id for j in store.list_jobs("acme", limit=10, offset=0)} == {"new", "old-running", "old-queued"}
+    assert {j.id for j in store.list_summaries("acme", 10)} == {"new", "old-running", "old-queued"}
 
 
 def test_purge_beyond_keeps_the_newest_finished_jobs_and_every_unfinished_one(store: Store) -> None:
@@ -137,7 +143,7 @@ def test_purge_beyond_keeps_the_newest_finished_jobs_and_every_unfinished_one(st
         store.save_job(job(f"j{n}", created_at=float(n)))
     store.save_job(job("theirs", client="other", created_at=0.5))
     assert store.purge_beyond("acme", keep=2) == 2
-    assert ids(store.list_jobs("acme", limit=10, offset=0)) == ["j5", "j4", "oldest-running"]
+    assert ids(store.list_summaries("acme", 10)) == ["j5", "j4", "oldest-running"]
     assert store.get_job("theirs") is not None
 
 
