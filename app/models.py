@@ -100,6 +100,8 @@ class Artifact:
 
 
 STDOUT, STDERR, COMBINED = 1, 2, 0  # COMBINED: a record from before streams were kept apart (the whole output)
+BUILD = 3  # live output only: a line of the job's image build, as the client may see it
+Chunk = tuple[int, bytes]  # (STDOUT, STDERR or BUILD, bytes) as a job's live output carries it
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,11 @@ class Output:
     """What a run printed, kept once: its chunks in order, each with the stream it came from."""
 
     chunks: tuple[tuple[int, bytes], ...] = ()
+
+    @property
+    def streams(self) -> list[Chunk]:
+        """The chunks of stdout and stderr in order (a record from before streams were kept apart: each whole)."""
+        return [(stream, data) for stream, data in self.chunks if stream in (STDOUT, STDERR)]
 
     def stream(self, which: int) -> bytes:
         return b"".join(data for stream, data in self.chunks if stream == which)

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request, url_for
 
+from app.api.events import NDJSON, event_lines
 from app.api.parsing import decode_cursor, encode_cursor, load, parse_since, parse_statuses
 from app.api.schemas import DeletedSchema, JobListSchema, PageSchema, job_schema
 from app.services import services
@@ -60,17 +61,22 @@ def job_output(job_id: str) -> Response:
       summary: The output of one of your jobs, streamed while it runs
       parameters: [{in: path, name: job_id, required: true, schema: {type: string}}]
       responses:
-        200: {description: OK, content: {text/plain: {schema: {type: string}}}}
+        200:
+          description: The output as text; with `Accept - application/x-ndjson`, events (see /run-json)
+          content:
+            text/plain: {schema: {type: string}}
+            application/x-ndjson: {schema: {type: string}}
         401: {$ref: "#/components/responses/Error"}
         404: {$ref: "#/components/responses/Error"}
         429: {$ref: "#/components/responses/Error"}
     """
     svc = services()
     job = svc.jobs.get(job_id, g.client)
-    output = svc.jobs.follow_output(job)
+    events = request.accept_mimetypes.best_match(["text/plain", NDJSON]) == NDJSON
+    output = event_lines(svc.jobs.follow(job), lambda: svc.jobs.latest(job)) if events else svc.jobs.follow_output(job)
     if not job.status.finished:  # a live stream holds a thread until the job ends: counted
         output = svc.followers.follow(g.client, output)
-    response = Response(output, mimetype="text/plain")
+    response = Response(output, mimetype=NDJSON if events else "text/plain")
     response.headers["X-Job-Id"] = job.id
     return response
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from flask import Response, jsonify, request, url_for
 
 from app.api.auth import client_for
+from app.api.events import NDJSON, event_lines
 from app.api.parsing import check_script_name, check_size, load, read_uploads, run_spec
 from app.api.schemas import RunFormSchema, RunJsonSchema, job_schema
 from app.errors import UnsupportedMediaType, ValidationFailed
@@ -31,10 +32,12 @@ def run_json() -> Response:
             schema: RunJsonSchema
       responses:
         200:
-          description: "The output, streamed as text/plain; or with `Accept: application/json`, the job."
+          description: "The output, streamed as text/plain; with `Accept: application/json`, the job; with
+            `Accept: application/x-ndjson`, one JSON event per line (build, stdout, stderr, then one result)."
           content:
             text/plain: {schema: {type: string}}
             application/json: {schema: JobSchema}
+            application/x-ndjson: {schema: {type: string}}
         202: {description: Accepted (async), content: {application/json: {schema: AcceptedSchema}}}
         400: {$ref: "#/components/responses/Error"}
         401: {$ref: "#/components/responses/Error"}
@@ -73,10 +76,12 @@ def run_file() -> Response:
             schema: RunFileSchema
       responses:
         200:
-          description: "The output, streamed as text/plain; or with `Accept: application/json`, the job."
+          description: "The output, streamed as text/plain; with `Accept: application/json`, the job; with
+            `Accept: application/x-ndjson`, one JSON event per line (build, stdout, stderr, then one result)."
           content:
             text/plain: {schema: {type: string}}
             application/json: {schema: JobSchema}
+            application/x-ndjson: {schema: {type: string}}
         202: {description: Accepted (async), content: {application/json: {schema: AcceptedSchema}}}
         400: {$ref: "#/components/responses/Error"}
         401: {$ref: "#/components/responses/Error"}
@@ -110,8 +115,11 @@ def _start(spec: RunSpec) -> Response:
         response.headers["Location"] = status_url
         response.headers["X-Job-Id"] = job.id
         return response
-    if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == "application/json":
+    wanted = request.accept_mimetypes.best_match(["text/plain", "application/json", NDJSON])
+    if wanted == "application/json":
         response = jsonify(job_schema.dump(svc.jobs.wait_finished(job)))
+    elif wanted == NDJSON:
+        response = Response(event_lines(svc.jobs.follow(job), lambda: svc.jobs.latest(job)), mimetype=NDJSON)
     else:
         response = Response(_stream(svc.jobs, job), mimetype="text/plain")
     response.headers["X-Job-Id"] = job.id

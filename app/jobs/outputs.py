@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
+
+from app.models import Chunk
+
+Stored = Callable[[], Iterable[Chunk] | None]
+"""The chunks of a job's final record once it has ended (None while it has not)."""
 
 
 class OutputWriter(Protocol):
     """Where the runner writes one job's live output."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, kind: int, data: bytes) -> None:
+        """Append a chunk of stdout, stderr or a build line (models.STDOUT, STDERR, BUILD)."""
 
     def close(self) -> None:
         """The job's record is final: followers stop after what was written."""
@@ -25,25 +31,25 @@ class OutputBus(Protocol):
     def discard(self, job_id: str) -> None:
         """Forget the job's channel (its record is final, or it was never queued)."""
 
-    def follow(self, job_id: str, stored: Callable[[], bytes | None]) -> Iterator[bytes]:
+    def follow(self, job_id: str, stored: Stored) -> Iterator[Chunk]:
         """Every chunk from the start, then new ones, until the job's record is final.
 
-        `stored` returns the final record's output once the job has ended (None while it has not): what a
-        follower gets when the live channel is gone.
+        `stored` gives the final record's chunks once the job has ended: what a follower gets when the live
+        channel is gone.
         """
 
 
 class OutputChannel:
-    """An append-only byte log that any number of readers can follow until it is closed."""
+    """An append-only log of chunks that any number of readers can follow until it is closed."""
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
+        self._chunks: list[Chunk] = []
         self._closed = False
         self._cond = threading.Condition()
 
-    def write(self, data: bytes) -> None:
+    def write(self, kind: int, data: bytes) -> None:
         with self._cond:
-            self._chunks.append(data)
+            self._chunks.append((kind, data))
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -51,7 +57,7 @@ class OutputChannel:
             self._closed = True
             self._cond.notify_all()
 
-    def follow(self) -> Iterator[bytes]:
+    def follow(self) -> Iterator[Chunk]:
         """Every chunk from the start, then new ones as they come, until closed."""
         index = 0
         while True:
@@ -81,10 +87,10 @@ class OutputHub:
         with self._lock:
             self._channels.pop(job_id, None)
 
-    def follow(self, job_id: str, stored: Callable[[], bytes | None]) -> Iterator[bytes]:
+    def follow(self, job_id: str, stored: Stored) -> Iterator[Chunk]:
         with self._lock:
             channel = self._channels.get(job_id)
         if channel is not None:
             yield from channel.follow()
             return
-        yield stored() or b""  # the record is final before the live channel goes
+        yield from stored() or ()  # the record is final before the live channel goes

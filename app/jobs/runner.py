@@ -17,7 +17,7 @@ from app.jobs.executor import CancelToken
 from app.jobs.outputs import OutputBus, OutputWriter
 from app.logs import bind, log_context
 from app.metrics import Metrics
-from app.models import STDERR, STDOUT, Job, Output, RunOutcome, RunSpec, Status
+from app.models import BUILD, STDERR, STDOUT, Job, Output, RunOutcome, RunSpec, Status
 from app.redaction import client_line, redact
 from app.sandbox.container import LABEL, Run, SandboxPolicy
 from app.sandbox.docker_gateway import DockerGateway
@@ -25,7 +25,6 @@ from app.sandbox.pool import WarmPool
 from app.store import Store
 
 log = logging.getLogger(__name__)
-PROGRESS_PREFIX = "[runner] "
 RECORD_FAILED = "The service could not record this job's result; it has been logged."
 STORE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)  # the database does not answer
 RECORD_RETRY_S = 300.0  # how long a finished job waits for the store to answer before its result is given up
@@ -245,11 +244,11 @@ class _Progress:
         shown = client_line(line)
         if shown is not None:
             self._build.append(shown)
-            self._channel.write(f"{PROGRESS_PREFIX}{shown}\n".encode())
+            self._channel.write(BUILD, shown.encode())
 
     def output_chunk(self, stream: int, data: bytes) -> None:
         self._chunks.append((STDERR if stream == 2 else STDOUT, data))
-        self._channel.write(data)
+        self._channel.write(self._chunks[-1][0], data)
 
     @property
     def build_log(self) -> str:

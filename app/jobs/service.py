@@ -10,10 +10,11 @@ from collections.abc import Iterable, Iterator
 from app.errors import Draining, NotFound
 from app.jobs.executor import JobExecutor
 from app.jobs.outputs import OutputBus
-from app.models import Artifact, Job, JobSummary, PageCursor, RunSpec, Status, WebhookState
+from app.models import BUILD, Artifact, Chunk, Job, JobSummary, PageCursor, RunSpec, Status, WebhookState
 from app.store import Store
 
 INTERRUPTED = "The service stopped before this job ended; submit it again."
+PROGRESS_PREFIX = "[runner] "  # marks a build line in a text stream
 DRAINED = "The service was stopping and this job did not end within RUNNER_DRAIN_S ({:g} s); submit it again."
 DRAINING = "The service is stopping and takes no new jobs; submit again in a moment (another node may take it)."
 
@@ -98,20 +99,25 @@ class JobService:
         more = len(found) > limit
         return page, PageCursor(page[-1].created_at, page[-1].id) if more else None
 
-    def follow_output(self, job: Job) -> Iterator[bytes]:
-        """The job's output: live while it runs, from the store once it is done."""
-        yield from self._outputs.follow(job.id, lambda: self._final_output(job))
+    def follow(self, job: Job) -> Iterator[Chunk]:
+        """The job's output as tagged chunks (stdout, stderr, build lines): live while it runs, then stored."""
+        yield from self._outputs.follow(job.id, lambda: self._final_chunks(job))
 
-    def _final_output(self, job: Job) -> bytes | None:
-        """The output of the job's final record; None while it is unfinished."""
+    def follow_output(self, job: Job) -> Iterator[bytes]:
+        """The job's output as text: stdout and stderr interleaved as printed, build lines marked `[runner] `."""
+        for kind, data in self.follow(job):
+            yield f"{PROGRESS_PREFIX}{data.decode(errors='replace')}\n".encode() if kind == BUILD else data
+
+    def _final_chunks(self, job: Job) -> list[Chunk] | None:
+        """The stdout and stderr of the job's final record; None while it is unfinished."""
         stored = self._store.get_job(job.id)
         if stored is None:
-            return job.output  # deleted meanwhile
-        return stored.output if stored.status.finished else None
+            return job.printed.streams  # deleted meanwhile
+        return stored.printed.streams if stored.status.finished else None
 
     def wait_finished(self, job: Job) -> Job:
         """Block until the job has ended, then return its record."""
-        for _ in self.follow_output(job):
+        for _ in self.follow(job):
             pass
         return self.latest(job)
 

@@ -1,17 +1,21 @@
 """Live output and cancel signals through Redis Streams, shared by every API node and worker.
 
-Each job's output is the stream `runner:out:<job id>`: entries `d=<bytes>`, then one `end=1` once the job's record
-is final. Cancel requests are entries `job=<id>` of the one stream `runner:cancel`, read by every worker.
+Each job's output is the stream `runner:out:<job id>`: entries `k=<kind> d=<bytes>` (kind: 1 stdout, 2 stderr, 3 a
+build line), then one `end=1` once the job's record is final. Cancel requests are entries `job=<id>` of the one
+stream `runner:cancel`, read by every worker.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
+
+from app.jobs.outputs import Stored
+from app.models import Chunk
 
 log = logging.getLogger(__name__)
 CANCEL_STREAM = "runner:cancel"
@@ -31,8 +35,8 @@ class StreamWriter:
         self._key = output_key(job_id)
         self._ttl_s = ttl_s
 
-    def write(self, data: bytes) -> None:
-        self._append({"d": data})
+    def write(self, kind: int, data: bytes) -> None:
+        self._append({"k": str(kind).encode(), "d": data})
 
     def close(self) -> None:
         self._append({"end": b"1"})
@@ -64,21 +68,21 @@ class RedisOutputs:
         """Mark the stream of a job another process ended (a lost worker's, a cancelled queued one)."""
         self.open(job_id).close()
 
-    def follow(self, job_id: str, stored: Callable[[], bytes | None]) -> Iterator[bytes]:
+    def follow(self, job_id: str, stored: Stored) -> Iterator[Chunk]:
         key, last, seen, draining = output_key(job_id), "0-0", False, False
         while True:
             try:
                 reply = self._conn.xread({key: last}, count=500, block=None if draining else BLOCK_MS)
             except REDIS_ERRORS:  # Redis is down: the record will have the output once the job ends
                 log.warning("lost the output stream of job %s; waiting for its record", job_id)
-                yield from () if seen else [_wait_for(stored)]
+                yield from () if seen else _wait_for(stored)
                 return
             if not reply:
                 if draining:
                     return
                 final = stored()
                 if final is not None and not seen and not self._conn.exists(key):
-                    yield final  # the stream is gone (expired, or Redis lost it): the record has everything
+                    yield from final  # the stream is gone (expired, or Redis lost it): the record has everything
                     return
                 draining = final is not None  # ended: read what was written before the record, then stop
                 continue
@@ -87,7 +91,7 @@ class RedisOutputs:
                 if b"end" in fields:
                     return
                 seen = True
-                yield fields[b"d"]
+                yield int(fields.get(b"k", b"1")), fields[b"d"]
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
@@ -97,7 +101,7 @@ def _entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
     return [(entry_id.decode(), fields) for entry_id, fields in reply[0][1]]
 
 
-def _wait_for(stored: Callable[[], bytes | None]) -> bytes:
+def _wait_for(stored: Stored) -> Iterable[Chunk]:
     while (final := stored()) is None:
         threading.Event().wait(BLOCK_MS / 1000)
     return final

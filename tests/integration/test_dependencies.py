@@ -208,3 +208,19 @@ def test_the_pool_keeps_at_most_its_number_of_hot_images(deps_app, docker_client
     deps_image = pooled_images()
     api.run_json("print('stdlib only')")  # another image becomes hot: the first one's pool goes
     assert pooled_images() != deps_image
+
+
+def test_ndjson_shows_the_image_build_before_the_output(deps_app) -> None:
+    import json
+
+    api = Api(deps_app())
+    r = api.http.post(
+        "/run-json", json={"script_name": "main.py", "code": "import greetpkg\nprint(greetpkg.VERSION)"},
+        headers=api.headers({"Accept": "application/x-ndjson"}),
+    )  # fmt: skip
+    events = [json.loads(line) for line in r.data.splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "build" and kinds[-1] == "result" and "stdout" in kinds
+    assert kinds.index("stdout") > max(i for i, k in enumerate(kinds) if k == "build")
+    assert any("greetpkg" in e["data"] for e in events if e["type"] == "build")
+    assert events[-1]["status"] == "succeeded"

@@ -109,6 +109,24 @@ def test_a_sync_run_on_one_node_streams_its_first_line_while_the_job_runs(cluste
     assert first_at < time.monotonic() - started - 1.5
 
 
+def test_events_keep_stdout_apart_from_stderr_through_redis(cluster: Cluster, alice: Client) -> None:
+    a, b = cluster.nodes
+    code = "import sys\nprint('out', flush=True)\nprint('err', file=sys.stderr, flush=True)"
+    headers = {**alice.headers, "Accept": "application/x-ndjson"}
+    r = requests.post(f"{a.url}/run-json", json={"script_name": "main.py", "code": code}, headers=headers, timeout=60)
+    events = [json.loads(line) for line in r.iter_lines()]
+    merged: list[list[str]] = []  # a print may come as two chunks ("out", "\n"): join neighbours of one stream
+    for e in events[:-1]:
+        if merged and merged[-1][0] == e["type"]:
+            merged[-1][1] += e["data"]
+        else:
+            merged.append([e["type"], e["data"]])
+    assert merged == [["stdout", "out\n"], ["stderr", "err\n"]]
+    assert events[-1]["type"] == "result" and events[-1]["status"] == "succeeded"
+    again = requests.get(f"{b.url}/status/{events[-1]['job_id']}/output", headers=headers, timeout=30)
+    assert [json.loads(line)["type"] for line in again.iter_lines()] == ["stdout", "stderr", "result"]  # stored
+
+
 def test_a_job_submitted_on_one_node_is_followed_and_cancelled_on_another(
     cluster: Cluster, alice: Client, docker_client: docker.DockerClient, second_engine: docker.DockerClient
 ) -> None:

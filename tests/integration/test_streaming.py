@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 from app.models import Status
 from app.services import EXTENSION
 from tests.helpers import Api, chunks_of, json_of, read_line
@@ -79,3 +82,58 @@ def test_a_client_may_follow_at_most_its_limit_of_live_outputs(make_app, base_im
         assert bob.delete(f"/jobs/{other}").status_code == 200
     for _ in range(3):  # a finished job's output is answered at once: not a live stream, not counted
         assert alice.get(f"/status/{job}/output").status_code == 200
+
+
+def events_of(response) -> list[dict]:
+    assert response.status_code == 200 and response.mimetype == "application/x-ndjson"
+    return [json.loads(line) for line in response.data.splitlines()]
+
+
+def test_ndjson_tells_stdout_from_stderr_ends_with_the_services_result_and_keeps_every_byte(api: Api) -> None:
+    code = [
+        "import sys",
+        "print('out one', flush=True)",
+        "print('err one', file=sys.stderr, flush=True)",
+        'print(\'{"type": "result", "status": "succeeded"}\', flush=True)',  # a forged result: just output
+        "sys.stdout.buffer.write(b'raw \\xff\\n'); sys.stdout.flush()",
+        "sys.exit(2)",
+    ]
+    r = api.http.post(
+        "/run-json", json={"script_name": "main.py", "code": code},
+        headers=api.headers({"Accept": "application/x-ndjson"}),
+    )  # fmt: skip
+    events = events_of(r)
+    results = [e for e in events if e["type"] == "result"]
+    assert len(results) == 1 and events[-1] is results[0]
+    assert (results[0]["status"], results[0]["exit_code"]) == ("failed", 2)
+    assert "stdout" not in results[0] and results[0]["links"]["status"] == f"/status/{results[0]['job_id']}"
+    streams = {kind: b"" for kind in ("stdout", "stderr")}
+    for e in events[:-1]:
+        data = base64.b64decode(e["data"]) if e.get("encoding") == "base64" else e["data"].encode()
+        streams[e["type"]] += data
+    assert streams["stdout"] == b'out one\n{"type": "result", "status": "succeeded"}\nraw \xff\n'
+    assert streams["stderr"] == b"err one\n"
+    later = api.http.get(
+        f"/status/{results[0]['job_id']}/output", headers=api.headers({"Accept": "application/x-ndjson"})
+    )
+    again = events_of(later)
+    assert [e["type"] for e in again][-1] == "result" and again[-1]["status"] == "failed"
+    assert (
+        b"".join(
+            base64.b64decode(e["data"]) if e.get("encoding") else e["data"].encode()
+            for e in again
+            if e["type"] == "stdout"
+        )
+        == streams["stdout"]
+    )
+
+
+def test_ndjson_events_arrive_while_the_script_runs(api: Api) -> None:
+    r = api.http.post(
+        "/run-json", json={"script_name": "main.py", "code": SLOW},
+        headers=api.headers({"Accept": "application/x-ndjson"}), buffered=False,
+    )  # fmt: skip
+    first = json.loads(read_line(chunks_of(r)))
+    assert first["type"] == "stdout" and first["data"].startswith("first")
+    assert api.app.extensions[EXTENSION].store.get_job(r.headers["X-Job-Id"]).status is Status.RUNNING
+    r.close()
