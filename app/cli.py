@@ -17,6 +17,7 @@ from app.sandbox.container import runtime_registered
 from app.server import serve_forever, serve_worker
 from app.services import Services
 from app.store import Store
+from app.submit import main as submit_main
 
 
 @click.group(invoke_without_command=True)
@@ -55,6 +56,16 @@ def worker(burst: bool) -> None:
         serve_worker(settings, burst=burst)
     except RuntimeError as e:
         raise click.ClickException(str(e)) from e
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.pass_context
+def submit(ctx: click.Context) -> None:
+    """Run files on a running service and exit as the script did (`submit --help` for the options)."""
+    sys.exit(submit_main(ctx.args))
 
 
 @cli.command("build-base")

@@ -79,7 +79,8 @@ def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.Doc
         job_running=lambda job_id: job_id == "running-job",
         alive=lambda instance: {sibling: True, dead: False}.get(instance), temp_dir=tmp_path,
     )  # fmt: skip
-    assert janitor.sweep().total == 0  # everything is younger than the grace period
+    young = janitor.sweep().removed  # everything is younger than the grace period (an old base build may go)
+    assert set(young) <= {"dangling_image"}
     sweep = janitor.sweep(now=time.time() + GRACE_S + 1)
     assert {k: n for k, n in sweep.removed.items() if k != "dangling_image"} == {reason: 1 for reason in garbage}
     assert all(not exists(docker_client, cid) for cid in garbage.values())
