@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> Report:
                 scenarios.latency(bench, report)
                 scenarios.with_input(bench, report)
                 scenarios.first_byte(bench, report)
+                scenarios.large_source(bench, report)
                 scenarios.cached_deps(bench, report, pkg_index)
                 scenarios.throughputs(bench, report)
                 scenarios.peak_rss(bench, report)

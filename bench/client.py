@@ -52,7 +52,7 @@ class ServiceClient:
         return session
 
     def run(
-        self, code: str = HELLO_CODE, expect: str = "hello world\n", artifacts: int = 0, **fields: Any
+        self, code: str | list[str] = HELLO_CODE, expect: str = "hello world\n", artifacts: int = 0, **fields: Any
     ) -> RunSample:
         """One run awaited as JSON; raises unless it succeeded with the expected stdout (and output files)."""
         body = {"script_name": "main.py", "code": code, **fields}

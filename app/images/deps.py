@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -69,10 +69,70 @@ def detect_imports(files: Mapping[str, bytes]) -> set[str]:
     return found
 
 
+IMPORT_WORD = re.compile(rb"import")  # a literal search is ~15x faster than with \b; the line checks decide
+FROM_LINE = re.compile(rb"[ \t]*from[ \t]+([A-Za-z_][A-Za-z0-9_]*)[A-Za-z0-9_.]*[ \t]+import\b[^\\]*")
+RELATIVE_LINE = re.compile(rb"[ \t]*from[ \t]+\.+[A-Za-z0-9_.]*[ \t]+import\b[^\\]*")
+IMPORT_LINE = re.compile(rb"[ \t]*import[ \t]+([A-Za-z0-9_., \t]+?)[ \t]*(?:#[^\\]*)?")
+
+
+def _lines_with(word: re.Pattern[bytes], source: bytes) -> Iterator[bytes]:
+    """Each line of `source` where `word` occurs, once (found from the occurrences, not by reading every line)."""
+    after = 0
+    for hit in word.finditer(source):
+        if hit.start() < after or _in_identifier(source, hit.start(), hit.end()):
+            continue
+        start = source.rfind(b"\n", 0, hit.start()) + 1
+        end = source.find(b"\n", hit.end())
+        after = len(source) if end == -1 else end
+        yield source[start:after].rstrip(b"\r")
+
+
+def _in_identifier(source: bytes, start: int, end: int) -> bool:
+    """Whether source[start:end] is part of a longer name (importlib, reimport_all)."""
+    before = source[start - 1 : start]
+    return (before.isalnum() or before == b"_") or (source[end : end + 1].isalnum() or source[end : end + 1] == b"_")
+
+
+def scan_imports(files: Mapping[str, bytes]) -> set[str] | None:
+    """A quick superset of the top-level imports, from lines alone; None when a line is not plainly an import.
+
+    Every line with the word `import` must be a plain `import a, b.c as d` or `from a.b import ...` statement (not
+    continued with a backslash); its names are taken. A line in a string that looks like an import adds a name the
+    script may not import: callers confirm anything that matters with `detect_imports`.
+    """
+    found: set[str] = set()
+    for name, source in files.items():
+        if not name.endswith(".py"):
+            continue
+        for line in _lines_with(IMPORT_WORD, source):
+            if match := FROM_LINE.fullmatch(line):
+                found.add(match[1].decode())
+            elif match := IMPORT_LINE.fullmatch(line):
+                parts = [part.split() for part in match[1].decode().split(",")]
+                names = [words[0].partition(".")[0] if words else "" for words in parts]
+                if not all(name.isidentifier() for name in names):
+                    return None
+                found.update(names)
+            elif not RELATIVE_LINE.fullmatch(line):  # `from . import x` names the client's own package
+                return None
+    return found
+
+
 def third_party_imports(files: Mapping[str, bytes], env: ImageEnvironment) -> set[str]:
-    """Imports that are neither stdlib, nor installed in the image, nor the client's own modules."""
+    """Imports that are neither stdlib, nor installed in the image, nor the client's own modules.
+
+    A quick scan of the lines decides when it finds only such names (a large script importing the standard
+    library costs a few milliseconds, not a full parse); otherwise the parsed source does.
+    """
     own = {name.removesuffix(".py") for name in files if name.endswith(".py")}
-    return {m for m in detect_imports(files) if m not in env.stdlib and m not in env.installed and m not in own}
+
+    def third_party(names: set[str]) -> set[str]:
+        return {m for m in names if m not in env.stdlib and m not in env.installed and m not in own}
+
+    quick = scan_imports(files)
+    if quick is not None and not third_party(quick):
+        return set()
+    return third_party(detect_imports(files))
 
 
 def check_detected_count(files: Mapping[str, bytes], installed: frozenset[str]) -> None:

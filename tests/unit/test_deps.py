@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from app.errors import ValidationFailed
@@ -133,3 +135,33 @@ def test_the_same_set_in_any_order_or_spelling_has_one_key() -> None:
     assert a == b == ("greet-pkg==1.0", "pyyaml")
     assert deps_key(a) == deps_key(b) != deps_key(canonical_set(["greet-pkg==2.0", "pyyaml"]))
     assert deps_key(()) == "nodeps"
+
+
+STDLIB_ONLY = ImageEnvironment(stdlib=frozenset(sys.stdlib_module_names), installed=frozenset({"flask"}))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (b"import os, json as j\nfrom collections import (\n  OrderedDict)\nimport flask\n", set()),  # the quick path
+        (b'"""Usage:\nimport yaml\n"""\nprint(1)\n', set()),  # looks like an import, is a string: the parse says
+        (b"x = 1; import yamlish\n", {"yamlish"}),  # not a plain import line: parsed
+        (b"import os, \\\n    yamlish\n", {"yamlish"}),  # continued: parsed
+        (b"try: import fastjson\nexcept ImportError: pass\n", {"fastjson"}),
+        (b"from . import helper\nfrom .sub import x\n", set()),  # the client's own package
+        (b"import importlib\nm = importlib.import_module('x')\n", set()),  # the word inside a name is no import
+        (b"import requestsx.adapters as a\n", {"requestsx"}),
+    ],
+)
+def test_the_quick_scan_never_decides_other_than_the_parse(source: bytes, expected: set[str]) -> None:
+    files = {"main.py": source}
+    assert third_party_imports(files, STDLIB_ONLY) == expected
+    own = {name.removesuffix(".py") for name in files}
+    parsed = {m for m in detect_imports(files) if m not in STDLIB_ONLY.stdlib | STDLIB_ONLY.installed | own}
+    assert parsed == expected
+
+
+def test_a_large_stdlib_only_script_is_decided_without_parsing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = b"import os, sys\n" + b"x = 1  # a line\n" * 20_000
+    monkeypatch.setattr("app.images.deps.detect_imports", lambda files: pytest.fail("parsed"))
+    assert third_party_imports({"main.py": source}, STDLIB_ONLY) == set()
