@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
 
 from flask import Flask
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from app import create_app
 from app.config import Settings
+from app.errors import error_body
 from app.jobs.service import DRAINED
 from app.jobs.watchdog import claim_instance, release_instance, start_heartbeat
 from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_signals
@@ -60,6 +63,10 @@ class RunnerWorker(ThreadWorker):
       once the jobs here have ended or RUNNER_DRAIN_S has cancelled them; the arbiter waits (graceful_timeout).
     """
 
+    def init_process(self) -> None:
+        gunicorn_util.write_error = write_json_error  # requests gunicorn refuses itself get our JSON shape too
+        super().init_process()
+
     def enqueue_req(self, conn: Any) -> None:
         if not isinstance(conn.sock, DeadlineSocket):
             s = self.wsgi.extensions[EXTENSION].settings
@@ -86,6 +93,18 @@ class RunnerWorker(ThreadWorker):
             log.exception("draining failed; stopping")
         finally:
             self.alive = False
+
+
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """Gunicorn's answer to a request it could not parse (414 for a long request line, 400, 431...), as JSON."""
+    code = "_".join(reason.lower().split()) or "error"
+    text = f"{reason}: {message}" if message else f"{reason}."
+    body = json.dumps(error_body(code, text)).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:  # gunicorn calls it with its (untyped) arbiter and worker

@@ -24,12 +24,17 @@ def run_json() -> Response:
     post:
       summary: Run a script given as JSON
       parameters:
-      - {in: query, name: async, schema: {type: boolean}, description: Answer 202 at once and run in the background.}
+      - {in: query, name: async, schema: {type: boolean}, example: false,
+         description: Answer 202 at once and run in the background.}
       requestBody:
         required: true
         content:
           application/json:
             schema: RunJsonSchema
+            example:
+              script_name: main.py
+              code: ['import flask, marshmallow, os, zipp, docker,time', 'print("hello world")', 'os.chdir("/")',
+                     'print(os.getcwd())', 'print("goodbye world")']
       responses:
         200:
           description: "The output, streamed as text/plain; with `Accept: application/json`, the job; with
@@ -41,6 +46,7 @@ def run_json() -> Response:
         202: {description: Accepted (async), content: {application/json: {schema: AcceptedSchema}}}
         400: {$ref: "#/components/responses/Error"}
         401: {$ref: "#/components/responses/Error"}
+        403: {$ref: "#/components/responses/Error"}
         413: {$ref: "#/components/responses/Error"}
         415: {$ref: "#/components/responses/Error"}
         429: {$ref: "#/components/responses/Error"}
@@ -68,7 +74,8 @@ def run_file() -> Response:
     post:
       summary: Run uploaded files (.py scripts and data files)
       parameters:
-      - {in: query, name: async, schema: {type: boolean}, description: Answer 202 at once and run in the background.}
+      - {in: query, name: async, schema: {type: boolean}, example: false,
+         description: Answer 202 at once and run in the background.}
       requestBody:
         required: true
         content:
@@ -85,6 +92,7 @@ def run_file() -> Response:
         202: {description: Accepted (async), content: {application/json: {schema: AcceptedSchema}}}
         400: {$ref: "#/components/responses/Error"}
         401: {$ref: "#/components/responses/Error"}
+        403: {$ref: "#/components/responses/Error"}
         413: {$ref: "#/components/responses/Error"}
         415: {$ref: "#/components/responses/Error"}
         429: {$ref: "#/components/responses/Error"}

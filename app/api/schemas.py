@@ -145,7 +145,11 @@ class RunJsonSchema(LimitsSchema, InputSchema):
     client = client_field()
     code = Code(
         required=True,
-        metadata={"description": "The script: a string, or a list of lines.", "example": ["print('hello world')"]},
+        metadata={
+            "description": "The script: a string, or a list of lines.",
+            "example": ["print('hello world')"],
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        },
     )
 
 
@@ -163,7 +167,12 @@ class RunFormSchema(LimitsSchema):
 class RunFileSchema(RunFormSchema):
     """Documents the multipart body of /run-file (files are read by the view)."""
 
-    files = fields.List(fields.Raw(metadata={"type": "string", "format": "binary"}), data_key="files[]", required=True)
+    files = fields.List(
+        fields.Raw(metadata={"type": "string", "format": "binary"}),
+        data_key="files[]",
+        required=True,
+        validate=validate.Length(min=1),
+    )
 
 
 class ErrorDetailSchema(Schema):

@@ -305,3 +305,20 @@ def test_a_keep_alive_request_whose_body_comes_after_its_headers_is_read_whole(s
                 answers += received
         statuses = re.findall(rb"HTTP/1\.1 (\d{3})", answers)
     assert statuses == [b"202"] * 3, answers[-500:]
+
+
+def test_requests_the_http_server_refuses_itself_get_the_json_error_shape(server) -> None:
+    port, _, _ = server
+    for raw, status, code in (
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, "bad_request"),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+        assert b"Content-Type: application/json" in head
+        assert json.loads(body)["error"]["code"] == code
