@@ -54,11 +54,18 @@ jobs = sa.Table(
     sa.Column("output_evicted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("stdout_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("stderr_bytes", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("spec", sa.Text),  # the request (files, entry point, packages) while the job is unfinished
+    sa.Column("spec", sa.Text),  # unused since v8 (the table specs holds it)
     sa.Index("jobs_by_client", "client", sa.text("created_at DESC")),
     sa.Index("jobs_page", "client", "created_at", "id"),  # listings: newest first, ties by id
     sa.Index("jobs_by_finish", "finished_at"),
     sa.Index("jobs_by_status", "status"),
+)
+specs = sa.Table(  # the request (files, entry point, packages) while its job is unfinished; a row of its own, so
+    "specs",  # that the job's own updates (running, finished) never rewrite a large script (SQLite rewrites rows)
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON: all but the files' bytes (names and sizes)
+    sa.Column("files", sa.LargeBinary, nullable=False),  # the files' bytes, one after the other
 )
 artifacts = sa.Table(  # the bytes of jobs' output files; deleted with their job
     "artifacts",
@@ -170,8 +177,19 @@ def _v7_summaries(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX IF NOT EXISTS jobs_page ON jobs (client, created_at, id)"))
 
 
+def _v8_specs_apart(conn: Connection) -> None:
+    """Unfinished jobs' specs move to a table of their own: a job's updates no longer rewrite its script."""
+    metadata.create_all(conn, tables=[specs])
+    empty = "''::bytea" if conn.dialect.name == "postgresql" else "X''"
+    conn.execute(
+        sa.text(f"INSERT INTO specs (job_id, spec, files) SELECT id, spec, {empty} FROM jobs WHERE spec IS NOT NULL")
+    )  # the old JSON, files in base64 inside: _load_spec reads both
+    conn.execute(sa.text("UPDATE jobs SET spec = NULL WHERE spec IS NOT NULL"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_from_unversioned, _v2_usage, _v3_artifacts, _v4_webhooks, _v5_container, _v6_output_once, _v7_summaries,
+    _v8_specs_apart,
 ]  # fmt: skip
 """MIGRATIONS[n] takes a database from version n to n + 1; a new database is created at the latest version."""
 VERSION = len(MIGRATIONS)
@@ -229,6 +247,10 @@ class Store:
         self._final = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status.in_(UNFINISHED))
         self._get = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.id == sa.bindparam("b_id"))
         self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
+        upsert_spec = self._insert(specs)
+        self._upsert_spec = upsert_spec.on_conflict_do_update(
+            index_elements=["job_id"], set_={"spec": upsert_spec.excluded.spec, "files": upsert_spec.excluded.files}
+        )
         self._claim = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == Status.QUEUED.value)
         self._by_key = sa.select(*CLIENT_FIELDS).where(clients.c.key_hash == sa.bindparam("b_hash"))
         touch = self._insert(images)
@@ -247,9 +269,13 @@ class Store:
     # jobs
     def save_job(self, job: Job, spec: RunSpec | None = None) -> None:
         """Insert or replace the whole job record (and its spec, when given; a finished job drops it)."""
-        values = _job_values(job)
-        values["spec"] = _dump_spec(spec) if spec is not None and not job.status.finished else None
+        values = {**_job_values(job), "spec": None}
         self._run(self._upsert_finished_job if job.status.finished else self._upsert_job, values)
+        if job.status.finished:
+            self._run(sa.delete(specs).where(specs.c.job_id == job.id))
+        elif spec is not None:
+            text, files = _dump_spec(spec)
+            self._run(self._upsert_spec, {"job_id": job.id, "spec": text, "files": files})
 
     def insert_jobs(self, finished: Iterable[Job]) -> int:
         """Insert finished jobs in one transaction (imports, and the benchmark's stored jobs); return how many."""
@@ -262,7 +288,9 @@ class Store:
     def save_final(self, job: Job) -> bool:
         """Record a job's end, unless it already ended (a watchdog, a cancel of the queued job) or is gone."""
         values = {k: v for k, v in _job_values(job).items() if k != "id"}
-        return self._run(self._final, {**values, "spec": None, "b_id": job.id}) > 0
+        saved = self._run(self._final, {**values, "spec": None, "b_id": job.id}) > 0
+        self._run(sa.delete(specs).where(specs.c.job_id == job.id))
+        return saved
 
     def get_job(self, job_id: str, client: str | None = None) -> Job | None:
         """The job, or None when missing or (with `client`) owned by someone else."""
@@ -274,8 +302,8 @@ class Store:
 
     def get_spec(self, job_id: str) -> RunSpec | None:
         """The spec of an unfinished job (None once it has ended, or when missing)."""
-        rows = self._rows(sa.select(jobs.c.spec).where(jobs.c.id == job_id))
-        return _load_spec(rows[0][0]) if rows and rows[0][0] else None
+        rows = self._rows(sa.select(specs.c.spec, specs.c.files).where(specs.c.job_id == job_id))
+        return _load_spec(rows[0][0], bytes(rows[0][1])) if rows else None
 
     def list_summaries(
         self,
@@ -320,6 +348,7 @@ class Store:
     def delete_job(self, job_id: str) -> None:
         self._run(sa.delete(jobs).where(jobs.c.id == job_id))
         self._run(sa.delete(artifacts).where(artifacts.c.job_id == job_id))
+        self._run(sa.delete(specs).where(specs.c.job_id == job_id))
 
     def save_artifacts(self, job_id: str, files: Iterable[tuple[Artifact, bytes]]) -> None:
         """Store the bytes of a job's output files (listed on the job itself when its result is saved)."""
@@ -336,6 +365,7 @@ class Store:
         """After jobs were deleted: the output files whose job is gone (also any a deleted running job left)."""
         if purged:
             self._run(sa.delete(artifacts).where(artifacts.c.job_id.not_in(sa.select(jobs.c.id))))
+            self._run(sa.delete(specs).where(specs.c.job_id.not_in(sa.select(jobs.c.id))))
         return purged
 
     def unfinished_jobs(self, worker: str | None = None) -> list[Job]:
@@ -451,7 +481,10 @@ class Store:
             .where(jobs.c.id == job_id, jobs.c.status.in_(states))
             .values(status=status.value, message=message, finished_at=time.time(), spec=None)
         )
-        return self._run(stmt) > 0
+        ended = self._run(stmt) > 0
+        if ended:
+            self._run(sa.delete(specs).where(specs.c.job_id == job_id))
+        return ended
 
     def purge_finished_before(self, cutoff: float) -> int:
         """Delete finished jobs that ended before `cutoff`; return how many."""
@@ -672,11 +705,13 @@ def _summary(row: Iterable[Any]) -> JobSummary:
     )  # fmt: skip
 
 
-def _dump_spec(spec: RunSpec) -> str:
+def _dump_spec(spec: RunSpec) -> tuple[str, bytes]:
+    """The spec as JSON with its files' names and sizes, and the files' bytes apart (no encoding to pay for)."""
+    names = list(spec.files)
     return json.dumps(
         {
             "client": spec.client,
-            "files": {name: base64.b64encode(data).decode() for name, data in spec.files.items()},
+            "files": [[name, len(spec.files[name])] for name in names],
             "entrypoint": spec.entrypoint,
             "limits": spec.limits.__dict__,
             "requirements": list(spec.requirements) if spec.requirements is not None else None,
@@ -684,14 +719,21 @@ def _dump_spec(spec: RunSpec) -> str:
             "env": spec.env,
             "stdin": base64.b64encode(spec.stdin).decode() if spec.stdin is not None else None,
         }
-    )
+    ), b"".join(spec.files[name] for name in names)
 
 
-def _load_spec(text: str) -> RunSpec:
+def _load_spec(text: str, blob: bytes) -> RunSpec:
     raw = json.loads(text)
+    listed = raw["files"]
+    if isinstance(listed, dict):  # stored before v8: the files in base64 inside the JSON
+        files = {name: base64.b64decode(data) for name, data in listed.items()}
+    else:
+        files, at = {}, 0
+        for name, size in listed:
+            files[name], at = blob[at : at + size], at + size
     return RunSpec(
         client=raw["client"],
-        files={name: base64.b64decode(data) for name, data in raw["files"].items()},
+        files=files,
         entrypoint=raw["entrypoint"],
         limits=Limits(**raw["limits"]),
         requirements=tuple(raw["requirements"]) if raw["requirements"] is not None else None,

@@ -381,3 +381,31 @@ def test_over_its_budget_the_store_drops_the_oldest_finished_outputs_keeping_the
     assert third.stdout == b"x" * 1000
     assert store.get_job("live").stdout == b"y" * 5000  # type: ignore[union-attr]  # a running job is never touched
     assert store.stored_bytes() <= total - 2000
+
+
+def test_a_spec_stored_inside_its_job_before_v8_moves_to_its_own_table(tmp_path: Path) -> None:
+    path = tmp_path / "runner.sqlite3"
+    store = Store(path)
+    store.save_job(job("old", status=Status.QUEUED))
+    store.close()
+    legacy = (
+        '{"client": "acme", "files": {"main.py": "cHJpbnQoMSkK"}, "entrypoint": "main.py", '
+        '"limits": {"timeout_s": 30, "memory_mb": 256, "cpus": 1.0}, "requirements": null}'
+    )
+    with sqlite3.connect(path) as conn:  # as a version 7 store kept it
+        conn.execute("UPDATE jobs SET spec = ? WHERE id = 'old'", (legacy,))
+        conn.execute("DROP TABLE specs")
+        conn.execute("UPDATE schema_version SET version = 7")
+    conn.close()
+    migrated = Store(path)
+    try:
+        spec = migrated.get_spec("old")
+        assert spec is not None and spec.files == {"main.py": b"print(1)\n"} and spec.client == "acme"
+        queued = job("new", status=Status.QUEUED)
+        migrated.save_job(queued, SPEC)
+        assert migrated.get_spec("new") == SPEC
+        queued.status = Status.RUNNING
+        migrated.save_job(queued)  # an update of the job leaves its spec alone
+        assert migrated.get_spec("new") == SPEC
+    finally:
+        migrated.close()
