@@ -527,11 +527,24 @@ class Store:
         return evicted
 
     def purge_beyond(self, client: str, keep: int) -> int:
-        """Delete the client's finished jobs beyond its `keep` newest; return how many."""
-        newest = (
-            sa.select(jobs.c.id).where(jobs.c.client == client).order_by(jobs.c.created_at.desc()).limit(keep)
-        ).scalar_subquery()
-        stmt = sa.delete(jobs).where(jobs.c.client == client, jobs.c.finished_at.is_not(None), jobs.c.id.not_in(newest))
+        """Delete the client's finished jobs beyond its `keep` newest; return how many.
+
+        On every submit, so it walks the page index to the first job past the newest `keep` (nothing to do when
+        there is none) rather than comparing every job of the client with them.
+        """
+        first_beyond = (
+            sa.select(jobs.c.created_at, jobs.c.id)
+            .where(jobs.c.client == client)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .offset(keep)
+            .limit(1)
+        )
+        rows = self._rows(first_beyond)
+        if not rows:
+            return 0
+        created, job_id = rows[0]
+        older = sa.or_(jobs.c.created_at < created, sa.and_(jobs.c.created_at == created, jobs.c.id <= job_id))
+        stmt = sa.delete(jobs).where(jobs.c.client == client, jobs.c.finished_at.is_not(None), older)
         return self._purge_orphan_artifacts(self._run(stmt))
 
     # client images, per Docker engine

@@ -93,13 +93,13 @@ def run(args: argparse.Namespace) -> Report:
                 scenarios.cached_deps(bench, report, pkg_index)
                 scenarios.throughputs(bench, report)
                 scenarios.peak_rss(bench, report)
-                listing(client, service.store_path, report, samples, args.quick)
             if not args.no_distributed:
                 distributed(
                     report, client, samples=samples, warmups=warmups, duration_s=duration_s,
                     env={"PIP_INDEX_URL": pkg_index.url},
                     throughput=lambda task, threads, seconds: throughput(task, threads, seconds).per_s,
                 )  # fmt: skip
+            listing(client, service.store_path, report, samples, args.quick)  # last: it leaves 100,000 jobs
             report.config["floor_image"] = image
         except Exception:
             print(f"service log tail:\n{service.log_tail()}", file=sys.stderr)
