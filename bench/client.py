@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -54,11 +55,14 @@ class ServiceClient:
     def run(
         self, code: str | list[str] = HELLO_CODE, expect: str = "hello world\n", artifacts: int = 0, **fields: Any
     ) -> RunSample:
-        """One run awaited as JSON; raises unless it succeeded with the expected stdout (and output files)."""
-        body = {"script_name": "main.py", "code": code, **fields}
-        headers = {"Accept": "application/json"}
+        """One run awaited as JSON; raises unless it succeeded with the expected stdout (and output files).
+
+        The body is encoded before the clock starts: a client's own JSON encoding is not the service's time.
+        """
+        body = json.dumps({"script_name": "main.py", "code": code, **fields}).encode()
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
         start = time.perf_counter()
-        r = self._session().post(self._url, json=body, headers=headers, timeout=600)
+        r = self._session().post(self._url, data=body, headers=headers, timeout=600)
         latency = time.perf_counter() - start
         if r.status_code != 200:
             raise RequestRejected(r.status_code, r.text)
