@@ -15,6 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families as parse_metrics
 
 from app.sandbox.container import LABEL
+from app.sandbox.janitor import GRACE_S
 from app.times import parse_rfc3339
 from tests.backing import PostgresServer, RedisServer, free_port
 from tests.cluster import SECOND_ENGINE, Client, Cluster, Proc
@@ -314,7 +315,8 @@ def test_a_dead_workers_containers_are_removed_by_a_sibling_on_its_engine(
     next(p for p in c.procs if p.name == "w1").kill(9)
     job = gil.wait(node, job_id, timeout=60)
     assert job["status"] == "internal_error"
-    assert wait_until(lambda: not leftovers(second_engine, c.instance("w1")), timeout=15), c.logs()
+    # a container is touched once GRACE_S (30 s) old; the job's end comes ~20 s after its creation at the soonest
+    assert wait_until(lambda: not leftovers(second_engine, c.instance("w1")), timeout=GRACE_S + 15), c.logs()
     assert "its worker is dead" in c.logs()
 
 
