@@ -101,7 +101,7 @@ def list_jobs() -> Response:
     """
     query = load(PageSchema(), request.args.to_dict())
     statuses, since = parse_statuses(query.get("status")), parse_since(query.get("since"))
-    after = decode_cursor(query["cursor"]) if "cursor" in query else None
+    after = decode_cursor(query["cursor"]) if query.get("cursor") else None  # empty: the first page
     found, following = services().jobs.page(g.client, query["limit"], after=after, statuses=statuses, since=since)
     next_url = None
     if following is not None:

@@ -181,3 +181,14 @@ def decode_cursor(token: str) -> PageCursor:
     if not math.isfinite(cursor.created_at) or not JOB_ID.fullmatch(cursor.job_id):
         raise ValidationFailed("`cursor` is not one this service gave; take it from a page's `next`.")
     return cursor
+
+
+TRUE, FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+def parse_flag(text: str | None, name: str) -> bool:
+    """A boolean query parameter (true/false, 1/0, yes/no). :raises ValidationFailed: anything else."""
+    value = (text or "").strip().lower()
+    if value not in TRUE + FALSE:
+        raise ValidationFailed(f"`{name}` must be true or false.", details={name: ["Not a boolean."]})
+    return value in TRUE

@@ -8,7 +8,7 @@ from flask import Response, jsonify, request, url_for
 
 from app.api.auth import client_for
 from app.api.events import NDJSON, event_lines
-from app.api.parsing import check_script_name, check_size, load, read_uploads, run_spec
+from app.api.parsing import check_script_name, check_size, load, parse_flag, read_uploads, run_spec
 from app.api.schemas import RunFormSchema, RunJsonSchema, job_schema
 from app.errors import UnsupportedMediaType, ValidationFailed
 from app.jobs.service import JobService
@@ -114,9 +114,10 @@ def run_file() -> Response:
 
 def _start(spec: RunSpec) -> Response:
     svc = services()
+    run_async = parse_flag(request.args.get("async"), "async")  # before the job exists: a bad flag changes nothing
     job = svc.jobs.submit(spec)
     bind(job_id=job.id)
-    if request.args.get("async", "").lower() in ("1", "true", "yes"):
+    if run_async:
         status_url = url_for("api.job_status", job_id=job.id)
         response = jsonify({"job_id": job.id, "status": job.status.value, "status_url": status_url})
         response.status_code = 202

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -68,16 +69,17 @@ def check_env(env: dict[str, str]) -> None:
 class Encoded(fields.Field[Any]):
     """A form field holding JSON, read with the field it stands for (multipart forms carry only text)."""
 
-    def __init__(self, inner: fields.Field[Any], **kwargs: Any) -> None:
+    def __init__(self, inner: fields.Field[Any], *, empty: Callable[[], Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.inner = inner
+        self.empty = empty  # what JSON `null` stands for: the field left out
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         try:
             decoded = json.loads(value)
         except (TypeError, ValueError) as e:
             raise ValidationError("Must be JSON text.") from e
-        return self.inner.deserialize(decoded)
+        return self.empty() if decoded is None else self.inner.deserialize(decoded)
 
 
 def args_field() -> fields.List[str]:
@@ -141,7 +143,9 @@ class RunJsonSchema(LimitsSchema, InputSchema):
         validate=validate.Length(max=50),
         metadata={"description": "Packages to install (pins honoured); default: detected from the imports."},
     )
-    script_name = fields.String(required=True, metadata={"example": "main.py"})
+    script_name = fields.String(
+        required=True, validate=validate.Length(min=1, max=100), metadata={"example": "main.py"}
+    )
     client = client_field()
     code = Code(
         required=True,
@@ -156,8 +160,12 @@ class RunJsonSchema(LimitsSchema, InputSchema):
 class RunFormSchema(LimitsSchema):
     client = client_field()
     stdin = stdin_field()
-    args = Encoded(args_field(), metadata={"description": "A JSON list of strings: the script's sys.argv[1:]."})
-    env = Encoded(env_field(), metadata={"description": "A JSON object of the script's environment variables."})
+    args = Encoded(
+        args_field(), empty=list, metadata={"description": "A JSON list of strings: the script's sys.argv[1:]."}
+    )
+    env = Encoded(
+        env_field(), empty=dict, metadata={"description": "A JSON object of the script's environment variables."}
+    )
     callback_url = callback_field()
     entrypoint = fields.String(
         metadata={"description": "Which uploaded file to run (default main.py or the only file)."}

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 
 from app.services import EXTENSION
-from tests.helpers import Api
+from tests.helpers import Api, json_of
 
 
 @pytest.fixture
@@ -203,3 +203,22 @@ def test_oversized_stdin_is_413(make_app) -> None:
     api = Api(make_app(max_file_bytes=1000))
     assert_error(api.run_json("print(1)", stdin="x" * 1001), 413, "payload_too_large")
     assert no_jobs_recorded(api)
+
+
+def test_what_the_document_allows_is_accepted_and_what_it_refuses_is_refused(app) -> None:
+    """Found by schemathesis: an empty cursor, form `null`s, a non-boolean `async`, an empty script name."""
+    api = Api(app)
+    assert api.get("/jobs?cursor=").status_code == 200  # empty: the first page
+    r = api.http.post(
+        "/run-json?async=maybe", json={"script_name": "main.py", "code": "print(1)"}, headers=api.headers()
+    )
+    assert r.status_code == 400 and json_of(r)["error"]["details"] == {"async": ["Not a boolean."]}
+    assert no_jobs_recorded(api)  # refused before anything was recorded
+    r = api.http.post("/run-json", json={"script_name": "", "code": ""}, headers=api.headers())
+    assert r.status_code == 400 and "script_name" in json_of(r)["error"]["details"]
+
+
+def test_json_null_in_a_form_field_means_the_field_left_out() -> None:
+    from app.api.schemas import RunFormSchema
+
+    assert RunFormSchema().load({"args": "null", "env": "null"}) == {"args": [], "env": {}}
