@@ -304,7 +304,9 @@ def test_a_keep_alive_request_whose_body_comes_after_its_headers_is_read_whole(s
                 assert received, answers
                 answers += received
         statuses = re.findall(rb"HTTP/1\.1 (\d{3})", answers)
-    assert statuses == [b"202"] * 3, answers[-500:]
+    # each body was read whole: an answer about the job (202, or 429 when the earlier ones still hold the small
+    # queue), never a 400 for a body cut short
+    assert len(statuses) == 3 and set(statuses) <= {b"202", b"429"} and statuses[0] == b"202", answers[-500:]
 
 
 def test_requests_the_http_server_refuses_itself_get_the_json_error_shape(server) -> None:
