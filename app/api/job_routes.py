@@ -90,10 +90,13 @@ def list_jobs() -> Response:
       parameters:
       - {in: query, name: limit, schema: {type: integer, default: 20, minimum: 1, maximum: 100}}
       - {in: query, name: status, description: 'Only these statuses, comma-separated (e.g. failed,timed_out)',
-         schema: {type: string}}
+         style: form, explode: false,
+         schema: {type: array, minItems: 1, maxItems: 10, items: {$ref: '#/components/schemas/Status'}},
+         example: [failed, timed_out]}
       - {in: query, name: since, description: 'Only jobs created at or after this time (RFC 3339)',
          schema: {type: string, format: date-time}}
-      - {in: query, name: cursor, description: 'The next page, as given by next', schema: {type: string}}
+      - {in: query, name: cursor, description: 'The next page, as given by next (empty - the first page)',
+         schema: {type: string}, example: ''}
       responses:
         200: {description: OK, content: {application/json: {schema: JobListSchema}}}
         400: {$ref: "#/components/responses/Error"}

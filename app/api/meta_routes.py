@@ -80,4 +80,5 @@ def openapi() -> Response:
     cache = current_app.extensions.setdefault("openapi", {})
     if "spec" not in cache:
         cache["spec"] = build_spec(current_app)
-    return jsonify(cache["spec"])
+    # Where the caller reached it: tools that import the document (Postman) send their requests there.
+    return jsonify({**cache["spec"], "servers": [{"url": request.host_url.rstrip("/")}]})

@@ -6,10 +6,13 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.field_converter import FieldConverterMixin
 from apispec_webframeworks.flask import FlaskPlugin
 from flask import Flask
+from marshmallow import fields
 
 from app.api import schemas
+from app.models import Status
 
 DOCUMENTED_SCHEMAS = (
     "RunJsonSchema",
@@ -25,17 +28,42 @@ DOCUMENTED_SCHEMAS = (
 )
 
 
+# The seed's upload, as the body a tool importing this document fills in: one file, the optional fields left out.
+EXAMPLES = {"RunFileSchema": {"example": {"files[]": "print('hello world')\n"}}}
+
+
+def encoded_as_inner(converter: FieldConverterMixin, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
+    """A form field holding JSON is documented as the value it carries (its part is sent as application/json)."""
+    if isinstance(field, schemas.Encoded):
+        return {k: v for k, v in converter.field2property(field.inner).items() if k not in ("description", "example")}
+    return {}
+
+
+def dict_sizes(
+    converter: FieldConverterMixin, field: fields.Field[Any], ret: dict[str, Any], **kwargs: Any
+) -> dict[str, Any]:
+    """A length bound on an object counts its properties (apispec writes it as a string's maxLength)."""
+    if ret.get("type") == "object" and "maxLength" in ret:
+        return {"maxProperties": ret.pop("maxLength")}
+    return {}
+
+
 def build_spec(app: Flask) -> dict[str, Any]:
     """Every view of the API blueprint, with its schemas, as an OpenAPI 3.0 dict."""
+    marshmallow = MarshmallowPlugin()
     spec = APISpec(
         title="Datapane script runner",
         version="1.0.0",
         openapi_version="3.0.3",
-        plugins=[FlaskPlugin(), MarshmallowPlugin()],
+        plugins=[FlaskPlugin(), marshmallow],
         info={"description": "Run Python scripts in locked-down, single-use Docker containers."},
     )
+    assert marshmallow.converter is not None
+    for describe in (encoded_as_inner, dict_sizes):
+        marshmallow.converter.add_attribute_function(describe)  # type: ignore[no-untyped-call]  # apispec: untyped
+    spec.components.schema("Status", {"type": "string", "enum": [s.value for s in Status]})
     for name in DOCUMENTED_SCHEMAS:
-        spec.components.schema(name.removesuffix("Schema"), schema=getattr(schemas, name))
+        spec.components.schema(name.removesuffix("Schema"), EXAMPLES.get(name), schema=getattr(schemas, name))
     spec.components.response(
         "Error", {"description": "An error", "content": {"application/json": {"schema": "ErrorSchema"}}}
     )
@@ -45,4 +73,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
         for endpoint, view in app.view_functions.items():
             if endpoint.startswith("api."):
                 spec.path(view=view, app=app)
-    return spec.to_dict()
+    doc = spec.to_dict()
+    for operations in doc["paths"].values():
+        for operation in operations.values():  # the HTTP server refuses a request line past its limit, in our shape
+            operation["responses"].setdefault("414", {"$ref": "#/components/responses/Error"})
+    return doc

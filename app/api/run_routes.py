@@ -8,7 +8,7 @@ from flask import Response, jsonify, request, url_for
 
 from app.api.auth import client_for
 from app.api.events import NDJSON, event_lines
-from app.api.parsing import check_script_name, check_size, load, parse_flag, read_uploads, run_spec
+from app.api.parsing import check_size, load, parse_flag, read_uploads, run_spec
 from app.api.schemas import RunFormSchema, RunJsonSchema, job_schema
 from app.errors import UnsupportedMediaType, ValidationFailed
 from app.jobs.service import JobService
@@ -61,7 +61,7 @@ def run_json() -> Response:
         raise ValidationFailed("The body must be a JSON object.")
     fields = load(RunJsonSchema(), body)
     svc = services()
-    name = check_script_name(fields["script_name"])
+    name = fields["script_name"]
     files = {name: check_size(name, fields["code"].encode(), svc.settings)}
     client = client_for(fields.get("client"))
     return _start(run_spec(client, files, name, fields, svc.settings, svc.client_images.known_installed()))
@@ -81,6 +81,9 @@ def run_file() -> Response:
         content:
           multipart/form-data:
             schema: RunFileSchema
+            encoding:
+              args: {contentType: application/json}
+              env: {contentType: application/json}
       responses:
         200:
           description: "The output, streamed as text/plain; with `Accept: application/json`, the job; with

@@ -39,6 +39,8 @@ class Code(fields.Field[str]):
 
 MAX_ARGS, MAX_ARG_CHARS = 64, 4096
 MAX_ENV, MAX_ENV_BYTES = 64, 32768
+# A name werkzeug's secure_filename keeps as it is (no path, no leading dot), ending in .py: what can run.
+SCRIPT_NAME = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_.-]*\.py$")
 TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC (e.g. 2026-11-30T01:57:15.417Z)."}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = ("PYTHON", "LD_")  # prefixes that change how Python or the loader behave
@@ -144,7 +146,15 @@ class RunJsonSchema(LimitsSchema, InputSchema):
         metadata={"description": "Packages to install (pins honoured); default: detected from the imports."},
     )
     script_name = fields.String(
-        required=True, validate=validate.Length(min=1, max=100), metadata={"example": "main.py"}
+        required=True,
+        validate=[
+            validate.Length(min=4, max=100),
+            validate.Regexp(
+                SCRIPT_NAME,
+                error="Must be a .py file name of letters, digits, '_', '-' and '.', with no path (e.g. main.py).",
+            ),
+        ],
+        metadata={"example": "main.py"},
     )
     client = client_field()
     code = Code(
@@ -175,11 +185,14 @@ class RunFormSchema(LimitsSchema):
 class RunFileSchema(RunFormSchema):
     """Documents the multipart body of /run-file (files are read by the view)."""
 
-    files = fields.List(
-        fields.Raw(metadata={"type": "string", "format": "binary"}),
+    files = fields.Raw(
         data_key="files[]",
         required=True,
-        validate=validate.Length(min=1),
+        metadata={
+            "type": "string",
+            "format": "binary",
+            "description": "A file (.py scripts and data files); repeat the part to send several.",
+        },
     )
 
 

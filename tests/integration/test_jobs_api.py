@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import docker
@@ -77,7 +78,8 @@ def test_jobs_lists_summaries_newest_first_by_cursor_without_skips_or_repeats(ap
     assert [j["job_id"] for j in failed] == [ids[1]]
     since = api.get(f"/status/{ids[2]}").json["created_at"]
     assert [j["job_id"] for j in api.get(f"/jobs?since={since}").json["jobs"]] == [newer, ids[2]]
-    for bad in ("limit=1000", "limit=0", "status=exploded", "since=yesterday", "cursor=bm9wZQ", "cursor=%00"):
+    bad_queries = ("limit=1000", "limit=0", "status=exploded", "status=", "since=yesterday", "cursor=bm9wZQ")
+    for bad in (*bad_queries, "cursor=%00"):
         r = api.get(f"/jobs?{bad}")
         assert r.status_code == 400 and r.json["error"]["code"] == "validation_failed", bad
 
@@ -285,3 +287,16 @@ def test_another_clients_hello_world_waits_at_most_one_run_behind_a_backlog(make
     assert len(queued) >= 4  # bob did not wait for the backlog to drain
     for j in backlog:
         alice.delete(f"/jobs/{j}")
+
+
+def test_the_documents_examples_run_as_sent(api: Api) -> None:
+    """What Postman's import fills in (the examples, optional fields left out) runs: the seed's two requests."""
+    doc = api.get("/openapi.json").json
+    run_json = doc["paths"]["/run-json"]["post"]
+    query = "&".join(f"{p['name']}={str(p['example']).lower()}" for p in run_json["parameters"])
+    body = run_json["requestBody"]["content"]["application/json"]["example"]
+    r = api.http.post(f"/run-json?{query}", json=body, headers=api.headers())
+    assert r.status_code == 200 and r.data.decode().splitlines() == ["hello world", "/", "goodbye world"]
+    script = doc["components"]["schemas"]["RunFile"]["example"]["files[]"].encode()
+    r = api.http.post("/run-file", data={"files[]": (io.BytesIO(script), "main.py")}, headers=api.headers())
+    assert r.status_code == 200 and r.data == b"hello world\n"

@@ -222,3 +222,47 @@ def test_json_null_in_a_form_field_means_the_field_left_out() -> None:
     from app.api.schemas import RunFormSchema
 
     assert RunFormSchema().load({"args": "null", "env": "null"}) == {"args": [], "env": {}}
+
+
+@pytest.mark.parametrize(
+    "name", ["main.py", "a.py", "my-job_2.v1.py", "-x.py", ".py", "_x.py", ".hidden.py", "a b.py", "x.py ", "main.txt"]
+)
+def test_the_documented_script_name_pattern_is_what_an_upload_may_run(name: str) -> None:
+    """The JSON body's script_name pattern admits exactly the names an upload keeps as sent and can run."""
+    from werkzeug.utils import secure_filename
+
+    from app.api.schemas import SCRIPT_NAME
+
+    runnable = secure_filename(name) == name and name.endswith(".py")
+    assert bool(SCRIPT_NAME.match(name)) is runnable
+
+
+def test_status_filter_is_a_list_of_known_statuses(api: Api) -> None:
+    """Found by schemathesis: the document says a comma-separated list of 1 to 10 statuses; nothing else passes."""
+    assert api.get("/jobs?status=failed,timed_out").status_code == 200
+    for bad in ("status=", "status=failed,", "status=failed,%20timed_out", "status=" + ",".join(["failed"] * 11)):
+        r = api.get(f"/jobs?{bad}")
+        assert r.status_code == 400 and json_of(r)["error"]["code"] == "validation_failed", bad
+
+
+def test_form_args_and_env_may_come_as_json_parts(api: Api) -> None:
+    """The document sends args and env as application/json parts (its `encoding`); plain text parts work too."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="args"\r\nContent-Type: application/json\r\n\r\n[1]\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="files[]"; filename="main.py"\r\n\r\nprint(1)\r\n--b--\r\n'
+    )
+    headers = {**api.headers(), "Content-Type": "multipart/form-data; boundary=b"}
+    err = assert_error(api.http.post("/run-file", data=body, headers=headers), 400, "validation_failed")
+    assert "args" in err["details"]  # read as JSON: a number is not a string
+
+
+def test_the_document_says_where_it_was_fetched_from_and_types_every_form_field(app) -> None:
+    doc = app.test_client().get("/openapi.json", base_url="http://runner.example:8080").json
+    assert doc["servers"] == [{"url": "http://runner.example:8080"}]  # Postman's import sends its requests there
+    assert all("414" in op["responses"] for ops in doc["paths"].values() for op in ops.values())  # gunicorn's limit
+    form = doc["components"]["schemas"]["RunFile"]["properties"]
+    assert form["files[]"] == {**form["files[]"], "type": "string", "format": "binary"}  # a file field on import
+    assert form["args"]["type"] == "array" and form["env"]["type"] == "object"
+    assert "maxLength" not in form["env"] and form["env"]["maxProperties"] == 64
+    encoding = doc["paths"]["/run-file"]["post"]["requestBody"]["content"]["multipart/form-data"]["encoding"]
+    assert encoding == {"args": {"contentType": "application/json"}, "env": {"contentType": "application/json"}}
