@@ -117,10 +117,17 @@ class CancelSignals:
         self._conn.xadd(CANCEL_STREAM, {"job": job_id}, maxlen=10_000, approximate=True)
 
     def listen(self, deliver: Callable[[str], None], stop: threading.Event) -> None:
-        """Call `deliver(job_id)` for each request sent from now on, until `stop` is set (Redis outages survived)."""
-        last = "$"
+        """Call `deliver(job_id)` for each request sent from now on, until `stop` is set (Redis outages survived).
+
+        Reads go on from the id of the last entry seen, never from `$`: a `$` read again after a quiet one would
+        miss a request sent between the two calls.
+        """
+        last: str | None = None
         while not stop.is_set():
             try:
+                if last is None:
+                    newest: Any = self._conn.xrevrange(CANCEL_STREAM, count=1)  # redis-py types it loosely
+                    last = newest[0][0].decode() if newest else "0-0"
                 reply = self._conn.xread({CANCEL_STREAM: last}, block=BLOCK_MS)
             except REDIS_ERRORS:
                 if not stop.is_set():
