@@ -100,7 +100,14 @@ class JobService:
         return page, PageCursor(page[-1].created_at, page[-1].id) if more else None
 
     def follow(self, job: Job) -> Iterator[Chunk]:
-        """The job's output as tagged chunks (stdout, stderr, build lines): live while it runs, then stored."""
+        """The job's output as tagged chunks (stdout, stderr, build lines): live while it runs, then stored.
+
+        A job already ended is answered from its record (neighbours of one stream joined), in either mode: a live
+        stream that still exists (Redis keeps it a while) has the chunks as they were read.
+        """
+        if job.status.finished:
+            yield from job.printed.streams
+            return
         yield from self._outputs.follow(job.id, lambda: self._final_chunks(job))
 
     def follow_output(self, job: Job) -> Iterator[bytes]:
