@@ -177,12 +177,14 @@ def decode_cursor(token: str) -> PageCursor:
     return cursor
 
 
-TRUE, FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
 def parse_flag(text: str | None, name: str) -> bool:
-    """A boolean query parameter (true/false, 1/0, yes/no). :raises ValidationFailed: anything else."""
-    value = (text or "").strip().lower()
+    """A boolean query parameter (true/false, 1/0, yes/no; absent: false). :raises ValidationFailed: otherwise."""
+    if text is None:
+        return False
+    value = text.lower()
     if value not in TRUE + FALSE:
         raise ValidationFailed(f"`{name}` must be true or false.", details={name: ["Not a boolean."]})
     return value in TRUE
