@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import docker
@@ -16,7 +16,8 @@ import docker
 from tests.backing import PostgresServer, RedisServer, has_backing_binaries
 from tests.cluster import SECOND_ENGINE, Cluster
 
-from .client import ServiceClient
+from .client import RunSample, ServiceClient
+from .events import EventLog
 from .measure import interleave
 from .report import Report, Row
 from .service import CLIENTS
@@ -45,6 +46,10 @@ def _deployment(
             cluster.close()
 
 
+def _p50_ms(samples: list[RunSample]) -> float:
+    return sorted(r.latency for r in samples)[len(samples) // 2] * 1000
+
+
 def _second_engine_ready(base_image: str) -> bool:
     try:
         client = docker.DockerClient(base_url=SECOND_ENGINE)
@@ -67,28 +72,33 @@ def distributed(
     env: dict[str, str],
     throughput: Callable[[Callable[[], object], int, float], float],
 ) -> None:
-    """p50 hello world through the queue vs embedded; throughput at concurrency 4 on one engine vs two."""
+    """p50 hello world through the queue vs embedded; throughput at concurrency 4 on one engine vs two.
+
+    The overhead's target is judged spaced out, as the main latency figure is: each run starts once the engine is
+    idle (both pools full, the last container gone), so what differs is the path API -> Redis -> worker -> store,
+    not which side's refill a run happens to meet. Back to back (no waits) is reported beside it.
+    """
     if not has_backing_binaries():
         report.notes.append("Distributed scenario skipped: redis-server or PostgreSQL is not installed.")
         return
     redis_server, postgres = RedisServer(), PostgresServer()
     try:
-        with _deployment(redis_server, postgres, [""], 4, env) as one:
-            dist, emb = interleave(one.run, embedded.run, samples, warmups)
-            d50 = sorted(r.latency for r in dist)[len(dist) // 2] * 1000
-            e50 = sorted(r.latency for r in emb)[len(emb) // 2] * 1000
+        with (
+            _deployment(redis_server, postgres, [""], 4, env) as one,
+            closing(docker.from_env()) as engine,
+            EventLog(engine, None) as log,
+        ):
+            dist, emb = interleave(log.when_idle(one.run), log.when_idle(embedded.run), samples, warmups)
+            d50, e50 = _p50_ms(dist), _p50_ms(emb)
+            target = f"<= +{OVERHEAD_TARGET_MS:.0f} ms"
             passed = d50 - e50 <= OVERHEAD_TARGET_MS
+            report.add(Row("distributed hello world p50, spaced out", d50, "ms", e50, "embedded", target, passed))
+            log.wait_idle()
+            dist_b2b, emb_b2b = interleave(one.run, embedded.run, samples, warmups)
             report.add(
-                Row(
-                    "distributed hello world p50",
-                    d50,
-                    "ms",
-                    e50,
-                    "embedded",
-                    f"<= +{OVERHEAD_TARGET_MS:.0f} ms",
-                    passed,
-                )
+                Row("distributed hello world p50, back to back", _p50_ms(dist_b2b), "ms", _p50_ms(emb_b2b), "embedded")
             )
+            log.wait_idle()
             one_engine = throughput(one.run, 4, duration_s)
         if not _second_engine_ready(env.get("RUNNER_BASE_IMAGE", "datapane-py-slim:latest")):
             report.notes.append("Two-engine throughput skipped: no second engine (run .ci/second-engine).")
@@ -98,6 +108,10 @@ def distributed(
         report.add(Row("distributed throughput c=4, two engines", two_engines, "runs/s", one_engine, "one engine"))
         report.details["distributed"] = {
             "latency_s": {"distributed": [r.latency for r in dist], "embedded": [r.latency for r in emb]},
+            "back_to_back_latency_s": {
+                "distributed": [r.latency for r in dist_b2b],
+                "embedded": [r.latency for r in emb_b2b],
+            },
             "throughput_per_s": {"one_engine": one_engine, "two_engines": two_engines},
         }
     finally:

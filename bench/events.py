@@ -6,21 +6,27 @@ import statistics
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import docker
 
 from app.sandbox.container import LABEL
 
 STEPS = (("create", "start"), ("start", "die"), ("die", "destroy"))
+T = TypeVar("T")
 
 
 class EventLog:
-    """Records create/start/die/destroy times of an instance's containers while open; a context manager."""
+    """Records create/start/die/destroy times of an instance's containers while open; a context manager.
 
-    def __init__(self, client: docker.DockerClient, instance: str) -> None:
+    With no instance, of every runner container on the engine (several processes' pools: the distributed scenario).
+    """
+
+    def __init__(self, client: docker.DockerClient, instance: str | None) -> None:
         self._client = client
-        self._filters = {"type": "container", "label": [f"{LABEL}.instance={instance}"]}
+        label = f"{LABEL}.instance" if instance is None else f"{LABEL}.instance={instance}"
+        self._filters = {"type": "container", "label": [label]}
         self._times: dict[str, dict[str, float]] = defaultdict(dict)
         self._kinds: dict[str, str] = {}
         self._stream: Any = None
@@ -61,6 +67,15 @@ class EventLog:
             if quiet >= quiet_s:
                 return
             time.sleep(quiet_s - quiet)
+
+    def when_idle(self, task: Callable[[], T]) -> Callable[[], T]:
+        """`task`, started only once the engine is idle (every pool refilled, the last run's container gone)."""
+
+        def run() -> T:
+            self.wait_idle()
+            return task()
+
+        return run
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Median seconds of each step (create->start, start->die, die->destroy) per kind of container."""

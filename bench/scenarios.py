@@ -46,12 +46,7 @@ class Bench:
 
     def idle(self, task: Callable[[], T]) -> Callable[[], T]:
         """`task`, started only once the engine is idle (the service's pool refilled, the floor's container gone)."""
-
-        def run() -> T:
-            self.log.wait_idle()
-            return task()
-
-        return run
+        return self.log.when_idle(task)
 
 
 def _ms(values: list[float], p: float) -> float:
