@@ -57,12 +57,13 @@ class RqJobExecutor:
     def submit(self, job_id: str, spec: RunSpec) -> None:
         # The job is already in the store, so the counts include it. Two nodes admitting at once may both see
         # the other's job and both refuse: a bound is never exceeded, at worst a client retries once more.
-        if self._store.count_unfinished() > self._queue_size:
+        total, mine = self._store.count_unfinished(spec.client)
+        if total > self._queue_size:
             raise QueueFull(
                 f"The service is running its maximum of {self._queue_size} jobs; try again shortly.",
                 headers={"Retry-After": "2"},
             )
-        mine = self._store.count_unfinished(spec.client) - 1
+        mine -= 1  # not counting this one
         if mine >= self._client_limit:
             raise QueueFull(
                 f"You already have {mine} jobs queued or running (the limit per client); wait for one to end.",

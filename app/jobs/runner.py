@@ -81,8 +81,9 @@ class JobRunner:
                     or "The job was cancelled before it started (by its owner, or because the service stopped).",
                 )
                 return
-            job.status, job.worker = Status.RUNNING, self._policy.instance
-            self._store.save_job(job)
+            if job.status is not Status.RUNNING or job.worker != self._policy.instance:  # a worker's claim wrote it
+                job.status, job.worker = Status.RUNNING, self._policy.instance
+                self._store.save_job(job)
             self._metrics.queue_wait_seconds.observe(max(time.time() - job.created_at, 0.0))
             outcome = self._build_and_run(job, spec, token, progress, cleanup)
             job.finished_at = time.time()

@@ -16,6 +16,7 @@ from app.store import Store
 INTERRUPTED = "The service stopped before this job ended; submit it again."
 PROGRESS_PREFIX = "[runner] "  # marks a build line in a text stream
 DRAINED = "The service was stopping and this job did not end within RUNNER_DRAIN_S ({:g} s); submit it again."
+PURGE_EVERY_S = 1.0  # requests purge expired jobs at most this often: a job outlives its retention by at most that
 DRAINING = "The service is stopping and takes no new jobs; submit again in a moment (another node may take it)."
 
 
@@ -38,6 +39,7 @@ class JobService:
         self._executor = executor
         self._retention_s = retention_s
         self._client_max_jobs = client_max_jobs
+        self._purged_at = -PURGE_EVERY_S  # monotonic time of the last purge a request ran
 
     def submit(self, spec: RunSpec) -> Job:
         """Record a queued job and hand it to the executor.
@@ -46,7 +48,7 @@ class JobService:
         """
         if self._draining.is_set():
             raise Draining(DRAINING, headers={"Retry-After": "10"})
-        self.purge_expired()
+        self._purge_now_and_then()
         self._store.purge_beyond(spec.client, self._client_max_jobs)  # one client cannot fill the disk
         job = Job(
             id=secrets.token_hex(12), client=spec.client, status=Status.QUEUED, limits=spec.limits,
@@ -65,7 +67,7 @@ class JobService:
 
     def get(self, job_id: str, client: str) -> Job:
         """The client's job. :raises NotFound: missing, expired or someone else's."""
-        self.purge_expired()
+        self._purge_now_and_then()
         job = self._store.get_job(job_id, client)
         if job is None:
             raise NotFound(f"No job {job_id!r} for this client.")
@@ -93,7 +95,7 @@ class JobService:
         since: float | None = None,
     ) -> tuple[list[JobSummary], PageCursor | None]:
         """A page of the client's job summaries, newest first, and the cursor of the next page (None: the last)."""
-        self.purge_expired()
+        self._purge_now_and_then()
         found = self._store.list_summaries(client, limit + 1, after=after, statuses=statuses, since=since)
         page = found[:limit]
         more = len(found) > limit
@@ -143,6 +145,13 @@ class JobService:
         """At start: end the jobs a stop interrupted (only `worker`'s, if given), with a reason; return how many."""
         interrupted = self._store.unfinished_jobs(worker=worker)
         return sum(self._store.end_unfinished(j.id, Status.INTERNAL_ERROR, message) for j in interrupted)
+
+    def _purge_now_and_then(self) -> None:
+        """Purge on a request's path, unless one did within PURGE_EVERY_S (a write saved on most requests)."""
+        at = time.monotonic()
+        if at - self._purged_at >= PURGE_EVERY_S:
+            self._purged_at = at
+            self.purge_expired()
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete finished jobs older than the retention time; return how many."""

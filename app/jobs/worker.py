@@ -121,7 +121,7 @@ def _run_claimed(ctx: WorkerContext, job_id: str, place: str, cancel: CancelToke
 
 def fair_choice(store: Store, limit: int = 0) -> tuple[str | None, str]:
     """The queued job to start now by the fair rule and its client, or (None, "")."""
-    waiting, running, last_started = store.queue_view()
+    waiting, running, last_started = store.queue_view(limit)
     head = pick_next([Head(client, at) for client, at in waiting], running, last_started, limit)
     if head is None:
         return None, ""

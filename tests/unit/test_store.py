@@ -262,7 +262,7 @@ def test_count_unfinished_counts_queued_and_running_in_total_and_per_client(stor
     store.save_job(job("q", status=Status.QUEUED))
     store.save_job(job("r", status=Status.RUNNING, client="other"))
     store.save_job(job("done"))
-    assert (store.count_unfinished(), store.count_unfinished("acme"), store.count_unfinished("nobody")) == (2, 1, 0)
+    assert (store.count_unfinished("acme"), store.count_unfinished("nobody")) == ((2, 1), (2, 0))
 
 
 def test_an_unversioned_sqlite_store_is_migrated_keeping_its_jobs_and_clients(tmp_path: Path) -> None:
@@ -409,3 +409,12 @@ def test_a_spec_stored_inside_its_job_before_v8_moves_to_its_own_table(tmp_path:
         assert migrated.get_spec("new") == SPEC
     finally:
         migrated.close()
+
+
+def test_one_waiting_client_needs_no_counts_unless_a_running_limit_applies(store: Store) -> None:
+    store.save_job(job("a1", client="alice", status=Status.QUEUED, created_at=5.0))
+    running = job("a0", client="alice", status=Status.RUNNING, created_at=1.0)
+    running.started_at = 3.0
+    store.save_job(running)
+    assert store.queue_view() == ([("alice", 5.0)], {}, {})  # the fair choice is alice whatever the counts
+    assert store.queue_view(limit=1) == ([("alice", 5.0)], {"alice": 1}, {"alice": 3.0})  # the limit reads them
