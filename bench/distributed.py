@@ -18,7 +18,7 @@ from tests.cluster import SECOND_ENGINE, Cluster
 
 from .client import RunSample, ServiceClient
 from .events import EventLog
-from .measure import interleave
+from .measure import interleave, percentile
 from .report import Report, Row
 from .service import CLIENTS
 
@@ -47,7 +47,7 @@ def _deployment(
 
 
 def _p50_ms(samples: list[RunSample]) -> float:
-    return sorted(r.latency for r in samples)[len(samples) // 2] * 1000
+    return percentile([r.latency for r in samples], 50) * 1000
 
 
 def _second_engine_ready(base_image: str) -> bool:
