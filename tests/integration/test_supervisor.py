@@ -208,7 +208,7 @@ def test_docker_corrects_an_agent_that_lies(
     make_app: Callable[..., Flask], base_image: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Were the agent subverted, its answer stands for the one synchronous reply; the record gets Docker's."""
-    monkeypatch.setattr(container, "agent_command", lambda: ["python", "-c", LYING_AGENT])
+    monkeypatch.setattr(container, "agent_source", LYING_AGENT.encode)
     api = Api(make_app(base_image=base_image))
     r = api.run_json("print('ignored')")
     assert (r.json["status"], r.json["stdout"]) == ("succeeded", "all good\n")
