@@ -17,6 +17,7 @@ from app.sandbox.docker_gateway import DOCKER_ERRORS
 from app.store import Store
 
 log = logging.getLogger(__name__)
+RETOUCH_S = 5.0  # the image this process used last is marked used again at most this often (a store write per run)
 
 
 class ImageCache:
@@ -40,14 +41,22 @@ class ImageCache:
         self._client_max_images = client_max_images
         self._in_use: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._last_touch = ("", 0.0)  # the tag this process marked used last, and when
 
     @contextmanager
     def using(self, tag: str) -> Iterator[None]:
         """Mark `tag` in use (not collectable) for the duration, and as used now."""
+        now = time.time()
         with self._lock:
             self._in_use[tag] += 1
+            last_tag, last_at = self._last_touch
         try:
-            self._store.touch_image(self._engine(), tag, time.time())
+            # Runs of one hot image in a row mark it once every few seconds; any other image in between, at once,
+            # so the order of last use (what eviction goes by) stays exact within this process.
+            if last_tag != tag or now - last_at >= RETOUCH_S:
+                self._store.touch_image(self._engine(), tag, now)
+                with self._lock:
+                    self._last_touch = (tag, now)
             yield
         finally:
             with self._lock:
