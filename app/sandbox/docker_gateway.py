@@ -10,7 +10,6 @@ from typing import Any
 import docker
 import docker.errors
 import requests
-from docker.transport import UnixHTTPAdapter
 from docker.utils.socket import frames_iter
 
 from app.errors import DockerUnavailable, RunnerError
@@ -65,27 +64,6 @@ def exec_output(api: docker.APIClient, exec_id: str) -> Iterator[tuple[int, byte
         close_socket(sock)
 
 
-class _OnePoolUnixAdapter(UnixHTTPAdapter):  # type: ignore[misc]  # docker-py has no type hints
-    """docker-py's unix socket adapter, with one keep-alive pool for every URL.
-
-    docker-py keys its pools by the whole URL, and every container has its own URLs: each start, wait and remove
-    then opened a new connection (and dropped an old pool's) for one request. One pool reuses the connections.
-    """
-
-    def get_connection(self, url: str, proxies: Any = None) -> Any:
-        return super().get_connection("http+docker://localhost", proxies)
-
-
-def _reuse_connections(client: docker.DockerClient) -> None:
-    """Mount the one-pool adapter where docker-py mounted its unix socket adapter (other transports pool well)."""
-    api = client.api
-    old = api.adapters.get("http+docker://")
-    if type(old) is UnixHTTPAdapter:
-        new = _OnePoolUnixAdapter(f"http+unix://{old.socket_path}", old.timeout, max_pool_size=old.max_pool_size)
-        api.mount("http+docker://", new)
-        old.close()
-
-
 class DockerGateway:
     """Hands out a shared DockerClient; every failure to reach the engine is DockerUnavailable."""
 
@@ -108,7 +86,6 @@ class DockerGateway:
                         self._client = docker.from_env(max_pool_size=self._pool_size)
                 # No proxy or netrc lookups (files read on every call): the engine is local or explicitly named.
                 self._client.api.trust_env = False
-                _reuse_connections(self._client)
             return self._client
 
     @property
