@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from app.store import Store
 
 
 @pytest.fixture
-def marks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ImageCache, list[str], Store]:
+def marks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ImageCache, list[str], Store]]:
     store = Store(tmp_path / "runner.sqlite3")
     written: list[str] = []
     touch = store.touch_image
@@ -23,7 +24,8 @@ def marks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ImageCache, 
 
     monkeypatch.setattr(store, "touch_image", counted)
     images = ImageCache(store, lambda: "e1", prefix="p", max_images=5, max_mb=100, client_max_images=5)
-    return images, written, store
+    yield images, written, store
+    store.close()
 
 
 def use(images: ImageCache, *tags: str) -> None:
