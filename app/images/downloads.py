@@ -159,9 +159,10 @@ class _DownloadBox:
         command = pip_download_command(self._request.requirements, self._request.platforms)
         exec_id = self._api.exec_create(self.container_id, command, user=f"{SANDBOX_UID}:{SANDBOX_GID}")["Id"]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        for line in _lines(exec_output(self._api, exec_id)):
-            tail.append(line)
-            log(line)
+        with exec_output(self._api, exec_id) as frames:
+            for line in _lines(frames):
+                tail.append(line)
+                log(line)
         self.exit_code = self._api.exec_inspect(exec_id).get("ExitCode")
         return list(tail)
 
@@ -170,8 +171,8 @@ class _DownloadBox:
         limit = self._request.budget_mb * 2**20 + 2**20  # tar headers on top of the files
         exec_id = self._api.exec_create(self.container_id, ["python", "-I", "-c", _TAR_OUT], stderr=False)["Id"]
         written = 0
-        with archive.open("wb") as out:
-            for _stream, chunk in exec_output(self._api, exec_id):
+        with archive.open("wb") as out, exec_output(self._api, exec_id) as frames:
+            for _stream, chunk in frames:
                 written += len(chunk)
                 if written > limit:
                     raise _over_budget(self._request.budget_mb)

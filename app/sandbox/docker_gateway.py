@@ -52,14 +52,16 @@ def close_socket(sock: Any) -> None:
         raw.close()
 
 
-def exec_output(api: docker.APIClient, exec_id: str) -> Iterator[tuple[int, bytes]]:
-    """Start an exec and yield its (stream, data) frames (1 stdout, 2 stderr) until it ends.
+@contextmanager
+def exec_output(api: docker.APIClient, exec_id: str) -> Iterator[Iterator[tuple[int, bytes]]]:
+    """Start an exec; give its (stream, data) frames (1 stdout, 2 stderr) to read until it ends.
 
-    The socket is closed at the end, also when the caller stops early (docker-py's own stream leaves it open).
+    The socket is closed when the block ends, also when the caller stops early or raises (docker-py's own stream
+    leaves it open; a generator's `finally` would wait for the garbage collector, which may reach the socket first).
     """
     sock = api.exec_start(exec_id, socket=True)
     try:
-        yield from frames_iter(sock, tty=False)
+        yield frames_iter(sock, tty=False)
     finally:
         close_socket(sock)
 
