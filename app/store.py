@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from app.models import Artifact, Job, JobSummary, Limits, Output, PageCursor, RunSpec, Status, WebhookState
 
 T = TypeVar("T")
+Params = dict[str, Any] | list[dict[str, Any]] | None  # one row's parameters, or many rows'
 metadata = sa.MetaData()
 jobs = sa.Table(
     "jobs",
@@ -244,7 +245,14 @@ class Store:
         self._upsert_job = upsert.on_conflict_do_update(index_elements=["id"], set_=keep_spec)
         every = {c: upsert.excluded[c] for c in columns}
         self._upsert_finished_job = upsert.on_conflict_do_update(index_elements=["id"], set_=every)
-        self._final = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status.in_(UNFINISHED))
+        self._drop_spec = sa.delete(specs).where(specs.c.job_id == sa.bindparam("b_id"))
+        final = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status.in_(UNFINISHED))
+        # The final record drops the spec: in one statement on PostgreSQL (one round trip), one after the other on
+        # one connection on SQLite (which has no DELETE in WITH).
+        if self._engine.dialect.name == "postgresql":
+            self._final: tuple[sa.Executable, ...] = (final.add_cte(self._drop_spec.cte("dropped_spec")),)
+        else:
+            self._final = (final, self._drop_spec)
         self._get = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.id == sa.bindparam("b_id"))
         self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
         upsert_spec = self._insert(specs)
@@ -288,9 +296,7 @@ class Store:
     def save_final(self, job: Job) -> bool:
         """Record a job's end, unless it already ended (a watchdog, a cancel of the queued job) or is gone."""
         values = {k: v for k, v in _job_values(job).items() if k != "id"}
-        saved = self._run(self._final, {**values, "spec": None, "b_id": job.id}) > 0
-        self._run(sa.delete(specs).where(specs.c.job_id == job.id))
-        return saved
+        return self._run_each(self._final, {**values, "spec": None, "b_id": job.id}) > 0
 
     def get_job(self, job_id: str, client: str | None = None) -> Job | None:
         """The job, or None when missing or (with `client`) owned by someone else."""
@@ -356,7 +362,7 @@ class Store:
         """Store the bytes of a job's output files (listed on the job itself when its result is saved)."""
         rows = [{"job_id": job_id, "name": a.name, "data": data} for a, data in files]
         if rows:
-            self._run(sa.insert(artifacts), rows)  # type: ignore[arg-type]
+            self._run(sa.insert(artifacts), rows)
 
     def get_artifact(self, job_id: str, name: str) -> bytes | None:
         query = sa.select(artifacts.c.data).where(artifacts.c.job_id == job_id, artifacts.c.name == name)
@@ -603,10 +609,16 @@ class Store:
     def _count(self, where: sa.ColumnElement[bool]) -> int:
         return int(self._rows(sa.select(sa.func.count()).select_from(jobs).where(where))[0][0])
 
-    def _run(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> int:
+    def _run(self, stmt: sa.Executable, params: Params = None) -> int:
+        return self._run_each((stmt,), params)
+
+    def _run_each(self, stmts: tuple[sa.Executable, ...], params: Params = None) -> int:
+        """Execute the statements on one connection with `params` (each takes the ones it names); the first's count."""
+
         def write() -> int:
             with self._engine.begin() as conn:
-                return int(getattr(conn.execute(stmt, params), "rowcount", 0) or 0)
+                counts = [int(getattr(conn.execute(stmt, params), "rowcount", 0) or 0) for stmt in stmts]
+                return counts[0]
 
         return _retry(write)
 
