@@ -265,6 +265,13 @@ class Store:
         self._touch = touch.on_conflict_do_update(
             index_elements=["engine", "tag"], set_={"last_used": touch.excluded.last_used}
         )
+        self._first_beyond = (  # the newest job of a client past its `keep` newest: see purge_beyond
+            sa.select(jobs.c.created_at, jobs.c.id)
+            .where(jobs.c.client == sa.bindparam("b_client"))
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .offset(sa.bindparam("b_keep"))
+            .limit(1)
+        )
         self._purge = sa.delete(jobs).where(jobs.c.finished_at.is_not(None), jobs.c.finished_at < sa.bindparam("b_cut"))
 
     def close(self) -> None:
@@ -541,14 +548,7 @@ class Store:
         On every submit, so it walks the page index to the first job past the newest `keep` (nothing to do when
         there is none) rather than comparing every job of the client with them.
         """
-        first_beyond = (
-            sa.select(jobs.c.created_at, jobs.c.id)
-            .where(jobs.c.client == client)
-            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
-            .offset(keep)
-            .limit(1)
-        )
-        rows = self._rows(first_beyond)
+        rows = self._rows(self._first_beyond, {"b_client": client, "b_keep": keep})
         if not rows:
             return 0
         created, job_id = rows[0]
