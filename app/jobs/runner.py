@@ -83,7 +83,9 @@ class JobRunner:
                 return
             if job.status is not Status.RUNNING or job.worker != self._policy.instance:  # a worker's claim wrote it
                 job.status, job.worker = Status.RUNNING, self._policy.instance
-                self._store.save_job(job)
+                # Only these fields change: a narrow update, not the whole record, and none for a job that was
+                # deleted or ended meanwhile (its final record is then not written either: see _record).
+                self._store.claim_job(job.id, job.worker, time.time())
             self._metrics.queue_wait_seconds.observe(max(time.time() - job.created_at, 0.0))
             outcome = self._build_and_run(job, spec, token, progress, cleanup)
             job.finished_at = time.time()
