@@ -287,7 +287,7 @@ class Store:
         values = {**_job_values(job), "spec": None}
         self._run(self._upsert_finished_job if job.status.finished else self._upsert_job, values)
         if job.status.finished:
-            self._run(sa.delete(specs).where(specs.c.job_id == job.id))
+            self._run(self._drop_spec, {"b_id": job.id})
         elif spec is not None:
             text, files = _dump_spec(spec)
             self._run(self._upsert_spec, {"job_id": job.id, "spec": text, "files": files})
@@ -363,7 +363,7 @@ class Store:
     def delete_job(self, job_id: str) -> None:
         self._run(sa.delete(jobs).where(jobs.c.id == job_id))
         self._run(sa.delete(artifacts).where(artifacts.c.job_id == job_id))
-        self._run(sa.delete(specs).where(specs.c.job_id == job_id))
+        self._run(self._drop_spec, {"b_id": job_id})
 
     def save_artifacts(self, job_id: str, files: Iterable[tuple[Artifact, bytes]]) -> None:
         """Store the bytes of a job's output files (listed on the job itself when its result is saved)."""
@@ -499,7 +499,7 @@ class Store:
         )
         ended = self._run(stmt) > 0
         if ended:
-            self._run(sa.delete(specs).where(specs.c.job_id == job_id))
+            self._run(self._drop_spec, {"b_id": job_id})
         return ended
 
     def purge_finished_before(self, cutoff: float) -> int:
