@@ -10,6 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests
+from docker.transport import UnixHTTPAdapter
 from docker.utils.socket import frames_iter
 
 from app.errors import DockerUnavailable, RunnerError
@@ -17,6 +18,7 @@ from app.errors import DockerUnavailable, RunnerError
 # Every way a Docker call fails: docker-py lets the HTTP layer's own errors through (a restarting engine, a
 # read timeout). Code that talks to Docker catches these, and only these, through `translated`.
 DOCKER_ERRORS = (docker.errors.DockerException, requests.RequestException)
+CLOSED = "The service is shutting down: its Docker client is closed."
 
 
 @contextmanager
@@ -66,6 +68,35 @@ def exec_output(api: docker.APIClient, exec_id: str) -> Iterator[Iterator[tuple[
         close_socket(sock)
 
 
+class _OnePoolUnixAdapter(UnixHTTPAdapter):  # type: ignore[misc]  # docker-py has no type hints
+    """docker-py's unix socket adapter, with one keep-alive pool for every URL.
+
+    docker-py keys its pools by the whole URL, and every container has its own URLs: each start, wait and remove
+    then opened a new connection (and dropped an old pool's) for one request. One pool reuses the connections.
+    """
+
+    closed = False
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        if self.closed:  # a late caller (a cleanup after shutdown) would open a connection nobody closes
+            raise requests.ConnectionError(CLOSED)
+        return super().get_connection("http+docker://localhost", proxies)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def _reuse_connections(client: docker.DockerClient) -> None:
+    """Mount the one-pool adapter where docker-py mounted its unix socket adapter (other transports pool well)."""
+    api = client.api
+    old = api.adapters.get("http+docker://")
+    if type(old) is UnixHTTPAdapter:
+        new = _OnePoolUnixAdapter(f"http+unix://{old.socket_path}", old.timeout, max_pool_size=old.max_pool_size)
+        api.mount("http+docker://", new)
+        old.close()
+
+
 class DockerGateway:
     """Hands out a shared DockerClient; every failure to reach the engine is DockerUnavailable."""
 
@@ -73,6 +104,7 @@ class DockerGateway:
         self._base_url = base_url
         self._pool_size = pool_size
         self._client: docker.DockerClient | None = None
+        self._closed = False
         self._engine_id: str | None = None
         self._lock = threading.Lock()
 
@@ -80,6 +112,8 @@ class DockerGateway:
     def client(self) -> docker.DockerClient:
         """The client. :raises DockerUnavailable: the engine does not answer."""
         with self._lock:
+            if self._closed:  # closed means closed: a new client here would be one nobody closes
+                raise DockerUnavailable(CLOSED)
             if self._client is None:
                 with translated(DockerUnavailable, "The Docker engine is not reachable"):
                     if self._base_url:
@@ -88,6 +122,7 @@ class DockerGateway:
                         self._client = docker.from_env(max_pool_size=self._pool_size)
                 # No proxy or netrc lookups (files read on every call): the engine is local or explicitly named.
                 self._client.api.trust_env = False
+                _reuse_connections(self._client)
             return self._client
 
     @property
@@ -106,7 +141,13 @@ class DockerGateway:
             return False
 
     def close(self) -> None:
+        """Close the client and its connections.
+
+        From now on every Docker call fails (DockerUnavailable, or a requests.ConnectionError for a caller that
+        kept the client) rather than reconnect: a new connection then would be one nobody closes.
+        """
         with self._lock:
+            self._closed = True
             if self._client is not None:
                 self._client.close()
                 self._client = None

@@ -88,10 +88,14 @@ def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.Doc
     assert all(exists(docker_client, cid) for cid in keep.values())
 
 
-def _restart_second_engine() -> None:
+def _kill_second_engine() -> None:
+    """The engine dies at once (SIGKILL): open connections break, new ones are refused, as on a host's crash."""
     pid = int(Path("/var/run/runner-docker2.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=60)
+
+
+def _start_second_engine() -> None:
     subprocess.run([str(ROOT / ".ci" / "second-engine")], check=True, timeout=120)
 
 
@@ -100,7 +104,7 @@ def _restart_second_engine() -> None:
 def test_the_container_of_a_job_an_engine_restart_interrupted_is_removed(
     make_app: Callable[..., Flask], second_engine: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The engine stops under a running job: the job ends, its container cannot be removed then; the janitor
+    """The engine dies under a running job: the job ends, its container cannot be removed then; the janitor
     removes it once the engine is back, within two periods."""
     if not Path("/var/run/runner-docker2.pid").exists():
         pytest.skip("the second engine was not started by .ci/second-engine")
@@ -112,8 +116,12 @@ def test_the_container_of_a_job_an_engine_restart_interrupted_is_removed(
     instance = svc.settings.instance
     assert wait_until(lambda: leftovers(second_engine, instance) != [], timeout=30)
     assert wait_until(lambda: api.get(f"/status/{job_id}").json["status"] == "running", timeout=30)
-    _restart_second_engine()
-    assert wait_until(lambda: api.get(f"/status/{job_id}").json["status"] == "internal_error", timeout=60)
+    _kill_second_engine()
+    try:  # the engine stays down until the runner has given the container up
+        assert wait_until(lambda: api.get(f"/status/{job_id}").json["status"] == "internal_error", timeout=60)
+        assert wait_until(lambda: not svc.runner.active_containers(), timeout=30)
+    finally:
+        _start_second_engine()
     engine = docker.DockerClient(base_url=SECOND_ENGINE)
     try:
         assert [c for c in leftovers(engine, instance) if f"{LABEL}.job" in c["Labels"]], "nothing was left over"
