@@ -25,6 +25,8 @@ from app.models import Artifact, Job, JobSummary, Limits, Output, PageCursor, Ru
 
 T = TypeVar("T")
 Params = dict[str, Any] | list[dict[str, Any]] | None  # one row's parameters, or many rows'
+# Each waiting client's oldest queued job (client, queued at, id); running jobs per client; last start per client.
+QueueView = tuple[list[tuple[str, float, str]], dict[str, int], dict[str, float]]
 metadata = sa.MetaData()
 jobs = sa.Table(
     "jobs",
@@ -254,6 +256,18 @@ class Store:
         else:
             self._final = (final, self._drop_spec)
         self._get = sa.select(*[jobs.c[f] for f in JOB_FIELDS]).where(jobs.c.id == sa.bindparam("b_id"))
+        self._get_with_spec = (
+            sa.select(*[jobs.c[f] for f in JOB_FIELDS], specs.c.spec, specs.c.files)
+            .outerjoin(specs, specs.c.job_id == jobs.c.id)
+            .where(jobs.c.id == sa.bindparam("b_id"))
+        )
+        first = sa.func.row_number().over(partition_by=jobs.c.client, order_by=(jobs.c.created_at, jobs.c.id))
+        queued = (
+            sa.select(jobs.c.client, jobs.c.created_at, jobs.c.id, first.label("place"))
+            .where(jobs.c.status == Status.QUEUED.value)
+            .subquery()
+        )
+        self._heads = sa.select(queued.c.client, queued.c.created_at, queued.c.id).where(queued.c.place == 1)
         self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
         upsert_spec = self._insert(specs)
         self._upsert_spec = upsert_spec.on_conflict_do_update(
@@ -312,6 +326,14 @@ class Store:
         else:
             rows = self._rows(self._get_own, {"b_id": job_id, "b_client": client})
         return _job(rows[0]) if rows else None
+
+    def get_job_and_spec(self, job_id: str) -> tuple[Job, RunSpec | None] | None:
+        """The job and, while it is unfinished, its spec: one query (a worker's read of the job it claimed)."""
+        rows = self._rows(self._get_with_spec, {"b_id": job_id})
+        if not rows:
+            return None
+        *fields, spec, files = rows[0]
+        return _job(fields), (_load_spec(spec, bytes(files)) if spec is not None else None)
 
     def get_spec(self, job_id: str) -> RunSpec | None:
         """The spec of an unfinished job (None once it has ended, or when missing)."""
@@ -390,26 +412,18 @@ class Store:
             query = query.where(jobs.c.worker == worker)
         return [_job(r) for r in self._rows(query)]
 
-    def queue_view(self, limit: int = 0) -> tuple[list[tuple[str, float]], dict[str, int], dict[str, float]]:
+    def queue_view(self, limit: int = 0) -> QueueView:
         """What the fair choice (app/jobs/fair.py) needs to know.
 
-        Each waiting client's oldest queued time, each client's count of running jobs, and when each waiting
-        client last had a job started. With one client waiting and no running limit (`limit` 0) the choice needs
-        no counts, and they are not read (two round trips fewer on a job's path).
+        Each waiting client's oldest queued job (client, queued at, id), each client's count of running jobs, and
+        when each waiting client last had a job started. With one client waiting and no running limit (`limit` 0)
+        the choice needs no counts, and they are not read (two round trips fewer on a job's path).
         """
         return _retry(lambda: self._queue_view(limit))
 
-    def _queue_view(self, limit: int) -> tuple[list[tuple[str, float]], dict[str, int], dict[str, float]]:
-
+    def _queue_view(self, limit: int) -> QueueView:
         with self._engine.connect() as conn:
-            waiting = [
-                (str(c), float(t))
-                for c, t in conn.execute(
-                    sa.select(jobs.c.client, sa.func.min(jobs.c.created_at))
-                    .where(jobs.c.status == Status.QUEUED.value)
-                    .group_by(jobs.c.client)
-                )
-            ]
+            waiting = [(str(c), float(t), str(i)) for c, t, i in conn.execute(self._heads)]
             if not waiting or (len(waiting) == 1 and limit <= 0):
                 return waiting, {}, {}
             running = conn.execute(
@@ -419,21 +433,10 @@ class Store:
             )
             started = conn.execute(
                 sa.select(jobs.c.client, sa.func.max(jobs.c.started_at))
-                .where(jobs.c.client.in_([c for c, _ in waiting]), jobs.c.started_at.is_not(None))
+                .where(jobs.c.client.in_([c for c, _, _ in waiting]), jobs.c.started_at.is_not(None))
                 .group_by(jobs.c.client)
             )
             return waiting, {str(c): int(n) for c, n in running}, {str(c): float(t) for c, t in started}
-
-    def oldest_queued(self, client: str) -> str | None:
-        """The id of the client's longest-waiting queued job."""
-        query = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.client == client, jobs.c.status == Status.QUEUED.value)
-            .order_by(jobs.c.created_at, jobs.c.id)
-            .limit(1)
-        )
-        rows = self._rows(query)
-        return str(rows[0][0]) if rows else None
 
     def claim_job(self, job_id: str, worker: str, now: float, *, client: str = "", limit: int = 0) -> bool:
         """Move a queued job to running on `worker`; False when it is no longer queued (cancelled, taken).

@@ -59,13 +59,17 @@ class JobRunner:
         self._on_finished = on_finished  # after the result is recorded: the webhook
         self._active: set[str] = set()  # containers running a job here now (the janitor leaves them alone)
 
-    def execute(self, job_id: str, spec: RunSpec, token: CancelToken) -> None:
-        """Run the job to its end and record it; never raises, always closes its live output."""
+    def execute(self, job_id: str, spec: RunSpec, token: CancelToken, job: Job | None = None) -> None:
+        """Run the job to its end and record it; never raises, always closes its live output.
+
+        `job`: its record as the caller just read it (a worker, with the spec); else it is read here.
+        """
         channel = self._outputs.open(job_id)
         # The container is removed last, after the result is recorded and its readers are released.
         with log_context(job_id=job_id, client=spec.client), ExitStack() as cleanup:
             try:
-                job = self._store.get_job(job_id)
+                if job is None:
+                    job = self._store.get_job(job_id)
                 if job is not None:  # None: deleted while queued
                     self._execute(job, spec, token, _Progress(channel, job.id), cleanup)
             finally:

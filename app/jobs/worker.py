@@ -109,11 +109,11 @@ def run_queued_job(token: str) -> None:
 def _run_claimed(ctx: WorkerContext, job_id: str, place: str, cancel: CancelToken) -> None:
     """Run a job this worker claimed; whatever fails, it does not stay `running`."""
     try:
-        spec = ctx.store.get_spec(job_id)
-        if spec is None:
+        found = ctx.store.get_job_and_spec(job_id)
+        if found is None or found[1] is None:
             raise RuntimeError("the claimed job has no spec")
         log.info("job %s: started for queue place %s", job_id, place)
-        ctx.runner.execute(job_id, spec, cancel)
+        ctx.runner.execute(job_id, found[1], cancel, job=found[0])
     except Exception:
         log.exception("job %s: could not be run", job_id)
         ctx.store.end_unfinished(job_id, Status.INTERNAL_ERROR, WORKER_FAILED)
@@ -122,10 +122,10 @@ def _run_claimed(ctx: WorkerContext, job_id: str, place: str, cancel: CancelToke
 def fair_choice(store: Store, limit: int = 0) -> tuple[str | None, str]:
     """The queued job to start now by the fair rule and its client, or (None, "")."""
     waiting, running, last_started = store.queue_view(limit)
-    head = pick_next([Head(client, at) for client, at in waiting], running, last_started, limit)
+    head = pick_next([Head(client, at) for client, at, _ in waiting], running, last_started, limit)
     if head is None:
         return None, ""
-    return store.oldest_queued(head.client), head.client
+    return next(job_id for client, _, job_id in waiting if client == head.client), head.client
 
 
 class ThreadWorker(rq.SimpleWorker):

@@ -216,9 +216,12 @@ def test_an_unfinished_jobs_spec_reads_back_and_is_dropped_when_it_ends(store: S
     queued.status = Status.RUNNING
     store.save_job(queued)  # saving without a spec keeps it while the job is unfinished
     assert store.get_spec("j1") == SPEC
+    assert store.get_job_and_spec("j1") == (queued, SPEC)  # one query: what a worker reads once it claimed a job
     queued.finish(Status.SUCCEEDED, "done", exit_code=0)
     store.save_job(queued)
     assert store.get_spec("j1") is None
+    assert store.get_job_and_spec("j1") == (queued, None)
+    assert store.get_job_and_spec("nope") is None
 
 
 def test_a_queued_job_is_claimed_once_and_records_its_worker(store: Store) -> None:
@@ -310,18 +313,14 @@ def test_the_queue_view_shows_each_waiting_clients_oldest_job_running_counts_and
     assert store.queue_view() == ([], {}, {})
     store.save_job(job("a1", client="alice", status=Status.QUEUED, created_at=10.0))
     store.save_job(job("a2", client="alice", status=Status.QUEUED, created_at=5.0))
-    store.save_job(job("b1", client="bob", status=Status.QUEUED, created_at=7.0))
+    store.save_job(job("b2", client="bob", status=Status.QUEUED, created_at=7.0))
+    store.save_job(job("b1", client="bob", status=Status.QUEUED, created_at=7.0))  # a tie: the lower id first
     running = job("a0", client="alice", status=Status.RUNNING, created_at=1.0)
     running.started_at = 3.0
     store.save_job(running)
     waiting, counts, last_started = store.queue_view()
-    assert sorted(waiting) == [("alice", 5.0), ("bob", 7.0)]
+    assert sorted(waiting) == [("alice", 5.0, "a2"), ("bob", 7.0, "b1")]
     assert (counts, last_started) == ({"alice": 1}, {"alice": 3.0})
-    assert (store.oldest_queued("alice"), store.oldest_queued("bob"), store.oldest_queued("carol")) == (
-        "a2",
-        "b1",
-        None,
-    )
 
 
 def test_a_corrected_result_replaces_the_verdict_and_says_so(store: Store) -> None:
@@ -416,5 +415,5 @@ def test_one_waiting_client_needs_no_counts_unless_a_running_limit_applies(store
     running = job("a0", client="alice", status=Status.RUNNING, created_at=1.0)
     running.started_at = 3.0
     store.save_job(running)
-    assert store.queue_view() == ([("alice", 5.0)], {}, {})  # the fair choice is alice whatever the counts
-    assert store.queue_view(limit=1) == ([("alice", 5.0)], {"alice": 1}, {"alice": 3.0})  # the limit reads them
+    assert store.queue_view() == ([("alice", 5.0, "a1")], {}, {})  # the fair choice is alice whatever the counts
+    assert store.queue_view(limit=1) == ([("alice", 5.0, "a1")], {"alice": 1}, {"alice": 3.0})  # the limit reads them
