@@ -3,7 +3,8 @@
 A pre-started container runs this before its run arrives, so Python's start-up is paid ahead. It reads the run
 from stdin, writes the files, then forks: the child becomes the script (in this same, already started
 interpreter); the agent stays PID 1, feeds the child's stdin, forwards its stdout and stderr, and the moment the
-child exits sends a trailer with the exit status, then exits itself (which kills whatever the script left).
+child exits kills whatever the script left behind and sends a trailer with the exit status. It then waits for the
+end of its input (the service closes it once it has recorded the run; at most LINGER_S) and exits.
 
 Protocol (the service's side is container.encode_payload and container.AgentReader):
 - in, first: this source, after its length in 8 digits, read and run by the container's command (BOOTSTRAP).
@@ -13,6 +14,7 @@ Protocol (the service's side is container.encode_payload and container.AgentRead
   back. Then the files' bytes, in that order.
 - in, after the fork: a nonce of NONCE_SIZE bytes, then the stdin bytes. The child never saw either: it was
   forked before they were read, and reads are exact (os.read on fd 0, no read-ahead into a buffer it inherits).
+- in, last: the end of the input (EOF), which the agent awaits after an "exited" trailer before it exits.
 - out, on stdout only: frames of a kind byte, a 4-byte big-endian length and the data: b"1" stdout, b"2" stderr;
   after the script's exit its output files (OUT_DIR), each a b"A" frame with its name then b"D" frames with its
   bytes, and b"X" frames naming what was left out and why; last the trailer, b"T":
@@ -47,6 +49,7 @@ OUT_DIR = "out"  # the script's output files: /sandbox/out
 PR_SET_DUMPABLE = 4
 CHUNK = 65536
 DRAIN_LIMIT = 4 * CHUNK  # after the child's exit: what its pipes still hold, not a descendant's endless flood
+LINGER_S = 30.0  # after the trailer: how long the agent waits for the service to close its input
 
 
 def main() -> None:
@@ -95,10 +98,32 @@ def main() -> None:
         how, code = "exited", os.WEXITSTATUS(status)
     else:
         how, code = "signaled", 128 + os.WTERMSIG(status)
+    try:  # noqa: SIM105  # no contextlib: every import is paid by every run
+        os.kill(-1, signal.SIGKILL)  # whatever the script left behind: every process here but PID 1
+    except OSError:  # none left
+        pass
     cpu_ns, peak = usage()
     send_artifacts(os.path.join(workdir, OUT_DIR), max_artifacts, max_artifact_bytes)
     emit(b"T", f"{nonce.decode()} {how} {code} {cpu_ns} {peak}".encode())
-    os._exit(code)  # PID 1 exits: the kernel kills every process the script left behind
+    if how == "exited":  # the service answers from the trailer; a signaled run it judges by Docker's wait
+        linger(LINGER_S)
+    os._exit(code)
+
+
+def linger(seconds: float) -> None:
+    """Wait for the end of stdin, at most `seconds`: the service closes it once it has recorded the run.
+
+    The container's teardown (the kernel's, containerd's and Docker's work when PID 1 exits) then comes after the
+    service's answer instead of competing with it for the CPU.
+    """
+    for _ in range(4):  # nothing more is sent after the stdin bytes: the first read is the end
+        if not select.select([0], [], [], seconds)[0]:
+            return
+        try:
+            if not os.read(0, CHUNK):
+                return
+        except OSError:
+            return
 
 
 def ignore_signals() -> dict[int, Any]:

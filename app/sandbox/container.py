@@ -325,13 +325,20 @@ class Run:
                 return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"], trailer)
         finally:
             watchdog.cancel()
-            close_socket(sock)
+            if self._reported is None:  # else the agent waits for its input's end: see release()
+                close_socket(sock)
 
     def confirm(self) -> RunOutcome | None:
-        """After an answer from the trailer: Docker's verdict when it differs (a security warning), else None."""
+        """After an answer from the trailer: Docker's verdict when it differs (a security warning), else None.
+
+        Called once the run is recorded: it first closes the container's input, which lets the agent exit (it
+        waits for that after its trailer, so that the container's teardown does not compete with the answer).
+        """
         reported = self._reported
         if reported is None:
             return None
+        if self._sock is not None:
+            close_socket(self._sock)
         try:
             exit_code = self._api.wait(self.container_id, timeout=10)["StatusCode"]
             actual = dataclasses.replace(reported, exit_code=exit_code, oom_killed=self._oom_killed(exit_code))
