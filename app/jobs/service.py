@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -13,6 +14,7 @@ from app.jobs.outputs import OutputBus
 from app.models import BUILD, Artifact, Chunk, Job, JobSummary, PageCursor, RunSpec, Status, WebhookState
 from app.store import Store
 
+log = logging.getLogger(__name__)
 INTERRUPTED = "The service stopped before this job ended; submit it again."
 PROGRESS_PREFIX = "[runner] "  # marks a build line in a text stream
 DRAINED = "The service was stopping and this job did not end within RUNNER_DRAIN_S ({:g} s); submit it again."
@@ -40,6 +42,7 @@ class JobService:
         self._retention_s = retention_s
         self._client_max_jobs = client_max_jobs
         self._purged_at = -PURGE_EVERY_S  # monotonic time of the last purge a request ran
+        self._purge_lock = threading.Lock()
 
     def submit(self, spec: RunSpec) -> Job:
         """Record a queued job and hand it to the executor.
@@ -48,7 +51,7 @@ class JobService:
         """
         if self._draining.is_set():
             raise Draining(DRAINING, headers={"Retry-After": "10"})
-        self._purge_now_and_then()
+        self._purge_now_and_then(wait=False)  # a write this answer need not wait for
         self._store.purge_beyond(spec.client, self._client_max_jobs)  # one client cannot fill the disk
         job = Job(
             id=secrets.token_hex(12), client=spec.client, status=Status.QUEUED, limits=spec.limits,
@@ -146,12 +149,26 @@ class JobService:
         interrupted = self._store.unfinished_jobs(worker=worker)
         return sum(self._store.end_unfinished(j.id, Status.INTERNAL_ERROR, message) for j in interrupted)
 
-    def _purge_now_and_then(self) -> None:
-        """Purge on a request's path, unless one did within PURGE_EVERY_S (a write saved on most requests)."""
+    def _purge_now_and_then(self, wait: bool = True) -> None:
+        """Purge on a request's path, unless one did within PURGE_EVERY_S (a write saved on most requests).
+
+        A read waits for it (it must not show an expired job); a submit has it done on a thread of its own.
+        """
         at = time.monotonic()
-        if at - self._purged_at >= PURGE_EVERY_S:
+        with self._purge_lock:
+            if at - self._purged_at < PURGE_EVERY_S:
+                return
             self._purged_at = at
+        if wait:
             self.purge_expired()
+        else:
+            threading.Thread(target=self._purge_quietly, name="purge", daemon=True).start()
+
+    def _purge_quietly(self) -> None:
+        try:
+            self.purge_expired()
+        except Exception:  # the next request's purge tries again
+            log.warning("could not purge expired jobs", exc_info=True)
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete finished jobs older than the retention time; return how many."""

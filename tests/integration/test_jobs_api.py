@@ -215,6 +215,16 @@ def test_expired_results_are_gone(make_app, base_image: str) -> None:
     assert api.get("/jobs").json["jobs"] == []
 
 
+def test_a_submit_purges_expired_jobs_without_waiting_for_it(make_app, base_image: str) -> None:
+    app = make_app(base_image=base_image, retention_s=1)
+    api = Api(app)
+    old = api.run_json("print(1)").json["job_id"]
+    time.sleep(1.5)
+    api.run_json("print(2)", query="?async=1")  # no read in between: the submit's own purge removes it
+    store = app.extensions[EXTENSION].store
+    assert wait_until(lambda: store.get_job(old) is None, timeout=5)
+
+
 def stored_job(job_id: str, status: Status, *, created_at: float, finished_at: float | None = None) -> Job:
     """A job record as the store keeps it, for tests of the store's own rules."""
     return Job(
