@@ -260,7 +260,7 @@ class Run:
                 command=AGENT_COMMAND,
                 user=f"{SANDBOX_UID}:{SANDBOX_GID}",
                 working_dir=WORKDIR,
-                stdin_open=True,
+                stdin_open=True,  # docker-py sets StdinOnce with it: the end of our one attach ends the input
                 network_disabled=True,
                 labels=policy.labels(**labels),
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},

@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 
 import app.sandbox.container as container
+from app.models import Limits, Program
 from app.services import EXTENSION
 from tests.helpers import Api, registered_runtime, wait_until
 
@@ -245,3 +246,25 @@ def test_runs_the_service_kills_report_usage_from_docker(api: Api, runtime: str)
     if runtime == "runc" or job["cpu_seconds"] is not None:  # gVisor's sandbox may report no stats
         assert 0.3 <= job["cpu_seconds"] < 10
         assert job["peak_memory_bytes"] >= 50 * 1024 * 1024
+
+
+def test_the_agent_waits_for_the_end_of_its_input_before_it_exits(
+    docker_client: docker.DockerClient, base_image: str
+) -> None:
+    """After its trailer the agent stays (its container's teardown would compete with the answer) until the
+    service, having recorded the run, closes its input."""
+    policy = container.SandboxPolicy(pids_limit=64, tmpfs_mb=64, max_output_bytes=1024, instance="linger-test")
+    run = container.Run(docker_client, base_image, Limits(60, 256, 1.0), policy, {"job": "linger"})
+    try:
+        run.start()
+        printed: list[bytes] = []
+        outcome = run.execute(Program({"main.py": b"print('hi')"}, "main.py"), lambda _kind, data: printed.append(data))
+        assert (outcome.exit_code, b"".join(printed)) == (0, b"hi\n")
+        time.sleep(1)
+        assert docker_client.api.inspect_container(run.container_id)["State"]["Status"] == "running"
+        closed = time.monotonic()
+        assert run.confirm() is None  # closes the input, then Docker's verdict agrees with the trailer
+        assert time.monotonic() - closed < 5
+        assert docker_client.api.inspect_container(run.container_id)["State"]["Status"] == "exited"
+    finally:
+        run.remove()
