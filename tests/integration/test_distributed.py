@@ -317,7 +317,7 @@ def test_a_dead_workers_containers_are_removed_by_a_sibling_on_its_engine(
     assert job["status"] == "internal_error"
     # a container is touched once GRACE_S (30 s) old; the job's end comes ~20 s after its creation at the soonest
     assert wait_until(lambda: not leftovers(second_engine, c.instance("w1")), timeout=GRACE_S + 15), c.logs()
-    assert "its worker is dead" in c.logs()
+    assert wait_until(lambda: "its worker is dead" in c.logs(), timeout=5), c.logs()  # logged once it is removed
 
 
 def test_redis_down_is_a_503_and_everyone_reconnects_when_it_returns(
