@@ -269,6 +269,17 @@ class Store:
         )
         self._heads = sa.select(queued.c.client, queued.c.created_at, queued.c.id).where(queued.c.place == 1)
         self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
+        self._save_queued: sa.Select[Any] | None = None
+        if self._engine.dialect.name == "postgresql":  # SQLite has no INSERT in WITH
+            new_job = sa.insert(jobs).values({c.name: sa.bindparam(f"j_{c.name}", type_=c.type) for c in jobs.c})
+            new_spec = sa.insert(specs).values(
+                job_id=sa.bindparam("j_id"),
+                spec=sa.bindparam("s_spec"),
+                files=sa.bindparam("s_files", type_=sa.LargeBinary),
+            )
+            mine = sa.func.coalesce(sa.func.sum(sa.case((jobs.c.client == sa.bindparam("j_client"), 1), else_=0)), 0)
+            counted = sa.select(sa.func.count(), mine).select_from(jobs).where(jobs.c.status.in_(UNFINISHED))
+            self._save_queued = counted.add_cte(new_job.cte("new_job")).add_cte(new_spec.cte("new_spec"))
         upsert_spec = self._insert(specs)
         self._upsert_spec = upsert_spec.on_conflict_do_update(
             index_elements=["job_id"], set_={"spec": upsert_spec.excluded.spec, "files": upsert_spec.excluded.files}
@@ -305,6 +316,20 @@ class Store:
         elif spec is not None:
             text, files = _dump_spec(spec)
             self._run(self._upsert_spec, {"job_id": job.id, "spec": text, "files": files})
+
+    def save_queued(self, job: Job, spec: RunSpec) -> tuple[int, int] | None:
+        """Insert a new queued job and its spec; on PostgreSQL, also count the unfinished jobs, this one included.
+
+        One statement there (everyone's count and the client's, what a distributed submit checks its bounds with);
+        two on SQLite, which returns None (no count: the embedded mode keeps its own).
+        """
+        if self._save_queued is None:
+            self.save_job(job, spec)
+            return None
+        text, files = _dump_spec(spec)
+        params = {f"j_{k}": v for k, v in {**_job_values(job), "spec": None}.items()}
+        total, mine = self._rows(self._save_queued, {**params, "s_spec": text, "s_files": files})[0]
+        return int(total) + 1, int(mine) + 1  # the statement's reads see the tables as they were before it
 
     def insert_jobs(self, finished: Iterable[Job]) -> int:
         """Insert finished jobs in one transaction (imports, and the benchmark's stored jobs); return how many."""

@@ -54,8 +54,12 @@ JobHandler = Callable[[str, RunSpec, CancelToken], None]
 class JobExecutor(Protocol):
     """Accepts jobs within its bounds and runs them with the handler it was built with."""
 
-    def submit(self, job_id: str, spec: RunSpec) -> None:
-        """Queue the job. :raises QueueFull: no room, in total or for this client."""
+    def submit(self, job_id: str, spec: RunSpec, unfinished: tuple[int, int] | None = None) -> None:
+        """Queue the job. :raises QueueFull: no room, in total or for this client.
+
+        `unfinished`: the store's count of unfinished jobs, this one included (everyone's, its client's), when
+        saving the job gave it; an executor that bounds jobs by the store's count uses it rather than ask again.
+        """
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it is not here."""
@@ -94,8 +98,8 @@ class ThreadJobExecutor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job_id: str, spec: RunSpec) -> None:
-        with self._cond:
+    def submit(self, job_id: str, spec: RunSpec, unfinished: tuple[int, int] | None = None) -> None:
+        with self._cond:  # the jobs here are counted here: `unfinished` is not needed
             if self._closed:
                 raise QueueFull("The service is shutting down; try again shortly.", headers={"Retry-After": "5"})
             if len(self._jobs) >= self._queue_size:

@@ -54,10 +54,10 @@ class RqJobExecutor:
         self._client_limit = client_limit
         self._rq_timeout_s = rq_timeout_s
 
-    def submit(self, job_id: str, spec: RunSpec) -> None:
+    def submit(self, job_id: str, spec: RunSpec, unfinished: tuple[int, int] | None = None) -> None:
         # The job is already in the store, so the counts include it. Two nodes admitting at once may both see
         # the other's job and both refuse: a bound is never exceeded, at worst a client retries once more.
-        total, mine = self._store.count_unfinished(spec.client)
+        total, mine = unfinished or self._store.count_unfinished(spec.client)
         if total > self._queue_size:
             raise QueueFull(
                 f"The service is running its maximum of {self._queue_size} jobs; try again shortly.",

@@ -58,10 +58,10 @@ class JobService:
             entrypoint=spec.entrypoint, created_at=time.time(), callback_url=spec.callback_url,
             webhook=WebhookState("pending") if spec.callback_url else None,
         )  # fmt: skip
-        self._store.save_job(job, spec)  # a worker elsewhere reads the spec from the store
+        unfinished = self._store.save_queued(job, spec)  # a worker elsewhere reads the spec from the store
         self._outputs.open(job.id)  # live output exists from now until the job's record is final
         try:
-            self._executor.submit(job.id, spec)
+            self._executor.submit(job.id, spec, unfinished)
         except BaseException:  # refused, or the queue failed: nothing of this request may run later
             self._outputs.discard(job.id)
             self._store.delete_job(job.id)

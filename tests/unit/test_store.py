@@ -224,6 +224,16 @@ def test_an_unfinished_jobs_spec_reads_back_and_is_dropped_when_it_ends(store: S
     assert store.get_job_and_spec("nope") is None
 
 
+def test_a_new_queued_job_is_saved_with_its_spec_and_counted_with_the_unfinished_ones(store: Store) -> None:
+    store.save_job(job("r1", client="bob", status=Status.RUNNING))
+    store.save_job(job("done", client="acme"))
+    counts = store.save_queued(job("q1", status=Status.QUEUED), SPEC)
+    assert store.get_job_and_spec("q1") == (job("q1", status=Status.QUEUED), SPEC)
+    postgres = store._engine.dialect.name == "postgresql"
+    assert counts == ((2, 1) if postgres else None)  # everyone's unfinished jobs, then acme's; this one included
+    assert store.count_unfinished("acme") == (2, 1)
+
+
 def test_a_queued_job_is_claimed_once_and_records_its_worker(store: Store) -> None:
     store.save_job(job("j1", status=Status.QUEUED), SPEC)
     assert store.claim_job("j1", "worker-a", now=1234.0)
