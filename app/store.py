@@ -269,6 +269,8 @@ class Store:
         )
         self._heads = sa.select(queued.c.client, queued.c.created_at, queued.c.id).where(queued.c.place == 1)
         self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
+        mine = sa.func.coalesce(sa.func.sum(sa.case((jobs.c.client == sa.bindparam("b_client"), 1), else_=0)), 0)
+        self._unfinished = sa.select(sa.func.count(), mine).select_from(jobs).where(jobs.c.status.in_(UNFINISHED))
         self._save_queued: sa.Select[Any] | None = None
         if self._engine.dialect.name == "postgresql":  # SQLite has no INSERT in WITH
             new_job = sa.insert(jobs).values({c.name: sa.bindparam(f"j_{c.name}", type_=c.type) for c in jobs.c})
@@ -277,9 +279,7 @@ class Store:
                 spec=sa.bindparam("s_spec"),
                 files=sa.bindparam("s_files", type_=sa.LargeBinary),
             )
-            mine = sa.func.coalesce(sa.func.sum(sa.case((jobs.c.client == sa.bindparam("j_client"), 1), else_=0)), 0)
-            counted = sa.select(sa.func.count(), mine).select_from(jobs).where(jobs.c.status.in_(UNFINISHED))
-            self._save_queued = counted.add_cte(new_job.cte("new_job")).add_cte(new_spec.cte("new_spec"))
+            self._save_queued = self._unfinished.add_cte(new_job.cte("new_job")).add_cte(new_spec.cte("new_spec"))
         upsert_spec = self._insert(specs)
         self._upsert_spec = upsert_spec.on_conflict_do_update(
             index_elements=["job_id"], set_={"spec": upsert_spec.excluded.spec, "files": upsert_spec.excluded.files}
@@ -328,7 +328,8 @@ class Store:
             return None
         text, files = _dump_spec(spec)
         params = {f"j_{k}": v for k, v in {**_job_values(job), "spec": None}.items()}
-        total, mine = self._rows(self._save_queued, {**params, "s_spec": text, "s_files": files})[0]
+        params.update(s_spec=text, s_files=files, b_client=job.client)
+        total, mine = self._rows(self._save_queued, params)[0]
         return int(total) + 1, int(mine) + 1  # the statement's reads see the tables as they were before it
 
     def insert_jobs(self, finished: Iterable[Job]) -> int:
@@ -402,9 +403,7 @@ class Store:
 
     def count_unfinished(self, client: str) -> tuple[int, int]:
         """Jobs queued or running: of everyone, and of `client` (one read, on every submit)."""
-        mine = sa.func.coalesce(sa.func.sum(sa.case((jobs.c.client == client, 1), else_=0)), 0)
-        query = sa.select(sa.func.count(), mine).select_from(jobs).where(jobs.c.status.in_(UNFINISHED))
-        total, of_client = self._rows(query)[0]
+        total, of_client = self._rows(self._unfinished, {"b_client": client})[0]
         return int(total), int(of_client)
 
     def delete_job(self, job_id: str) -> None:
