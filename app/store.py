@@ -361,11 +361,6 @@ class Store:
         *fields, spec, files = rows[0]
         return _job(fields), (_load_spec(spec, bytes(files)) if spec is not None else None)
 
-    def get_spec(self, job_id: str) -> RunSpec | None:
-        """The spec of an unfinished job (None once it has ended, or when missing)."""
-        rows = self._rows(sa.select(specs.c.spec, specs.c.files).where(specs.c.job_id == job_id))
-        return _load_spec(rows[0][0], bytes(rows[0][1])) if rows else None
-
     def list_summaries(
         self,
         client: str,
