@@ -325,7 +325,7 @@ class Run:
                 return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"], trailer)
         finally:
             watchdog.cancel()
-            if self._reported is None:  # else the agent waits for its input's end: see release()
+            if self._reported is None:  # else the agent waits for its input's end: see confirm()
                 close_socket(sock)
 
     def confirm(self) -> RunOutcome | None:
