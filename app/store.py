@@ -733,6 +733,24 @@ def _job_values(job: Job) -> dict[str, Any]:
     }
 
 
+def encode_record(job: Job) -> bytes:
+    """The job's record in one byte string, its printed output last (as the store keeps it; see decode_record)."""
+    values = _job_values(job)
+    output: bytes = values.pop("output")
+    del values["stdout"], values["stderr"]
+    return json.dumps(values, separators=(",", ":")).encode() + b"\n" + output
+
+
+def decode_record(data: bytes) -> Job:
+    """The job encode_record wrote. :raises ValueError: not such a record."""
+    head, _, output = data.partition(b"\n")
+    try:
+        values = {**json.loads(head), "output": output, "stdout": b"", "stderr": b""}
+        return _job(values[f] for f in JOB_FIELDS)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a job record: {e}") from e
+
+
 def _job(row: Iterable[Any]) -> Job:
     values = dict(zip(JOB_FIELDS, row, strict=True))
     values["status"] = Status(values["status"])

@@ -73,7 +73,8 @@ def job_output(job_id: str) -> Response:
     svc = services()
     job = svc.jobs.get(job_id, g.client)
     events = request.accept_mimetypes.best_match(["text/plain", NDJSON]) == NDJSON
-    output = event_lines(svc.jobs.follow(job), lambda: svc.jobs.latest(job)) if events else svc.jobs.follow_output(job)
+    follow = svc.jobs.follow(job)
+    output = event_lines(follow, follow.result) if events else follow.text()
     if not job.status.finished:  # a live stream holds a thread until the job ends: counted
         output = svc.followers.follow(g.client, output)
     response = Response(output, mimetype=NDJSON if events else "text/plain")

@@ -131,7 +131,8 @@ def _start(spec: RunSpec) -> Response:
     if wanted == "application/json":
         response = jsonify(job_schema.dump(svc.jobs.wait_finished(job)))
     elif wanted == NDJSON:
-        response = Response(event_lines(svc.jobs.follow(job), lambda: svc.jobs.latest(job)), mimetype=NDJSON)
+        follow = svc.jobs.follow(job)
+        response = Response(event_lines(follow, follow.result), mimetype=NDJSON)
     else:
         response = Response(_stream(svc.jobs, job), mimetype="text/plain")
     response.headers["X-Job-Id"] = job.id
@@ -141,11 +142,12 @@ def _start(spec: RunSpec) -> Response:
 def _stream(jobs: JobService, job: Job) -> Iterator[bytes]:
     """The output as it comes, then a marker line when the run did not succeed."""
     last = b"\n"
-    for chunk in jobs.follow_output(job):
+    follow = jobs.follow(job)
+    for chunk in follow.text():
         if chunk:
             last = chunk
             yield chunk
-    final = jobs.latest(job)
+    final = follow.result()
     if final.status is not Status.SUCCEEDED:
         lead = b"" if last.endswith(b"\n") else b"\n"
         yield lead + f"[runner] job {final.id} {final.status.value}: {final.message}\n".encode()

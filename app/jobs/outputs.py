@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from app.models import Chunk
+from app.models import Chunk, Job
 
 Stored = Callable[[], Iterable[Chunk] | None]
 """The chunks of a job's final record once it has ended (None while it has not)."""
+Ended = Callable[[Job], None]
+"""Receives the job's final record when the end of its live output carried it (no read of the store then)."""
 
 
 class OutputWriter(Protocol):
@@ -18,8 +21,11 @@ class OutputWriter(Protocol):
     def write(self, kind: int, data: bytes) -> None:
         """Append a chunk of stdout, stderr or a build line (models.STDOUT, STDERR, BUILD)."""
 
-    def close(self) -> None:
-        """The job's record is final: followers stop after what was written."""
+    def close(self, final: Job | None = None) -> None:
+        """The job's record is final: followers stop after what was written.
+
+        `final`: that record, as the writer saved it; followers then have it without reading the store.
+        """
 
 
 class OutputBus(Protocol):
@@ -31,11 +37,11 @@ class OutputBus(Protocol):
     def discard(self, job_id: str) -> None:
         """Forget the job's channel (its record is final, or it was never queued)."""
 
-    def follow(self, job_id: str, stored: Stored) -> Iterator[Chunk]:
+    def follow(self, job_id: str, stored: Stored, ended: Ended) -> Iterator[Chunk]:
         """Every chunk from the start, then new ones, until the job's record is final.
 
         `stored` gives the final record's chunks once the job has ended: what a follower gets when the live
-        channel is gone.
+        channel is gone. `ended` gets the final record when the channel's end carried it.
         """
 
 
@@ -45,6 +51,7 @@ class OutputChannel:
     def __init__(self) -> None:
         self._chunks: list[Chunk] = []
         self._closed = False
+        self._final: Job | None = None
         self._cond = threading.Condition()
 
     def write(self, kind: int, data: bytes) -> None:
@@ -52,13 +59,14 @@ class OutputChannel:
             self._chunks.append((kind, data))
             self._cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, final: Job | None = None) -> None:
         with self._cond:
             self._closed = True
+            self._final = copy.deepcopy(final)  # as it was saved: its writer may still change its own copy
             self._cond.notify_all()
 
-    def follow(self) -> Iterator[Chunk]:
-        """Every chunk from the start, then new ones as they come, until closed."""
+    def follow(self, ended: Ended) -> Iterator[Chunk]:
+        """Every chunk from the start, then new ones as they come, until closed (then the final record, if any)."""
         index = 0
         while True:
             with self._cond:
@@ -69,6 +77,8 @@ class OutputChannel:
             index += len(chunks)
             yield from chunks
             if closed and not chunks:
+                if self._final is not None:
+                    ended(self._final)
                 return
 
 
@@ -87,10 +97,10 @@ class OutputHub:
         with self._lock:
             self._channels.pop(job_id, None)
 
-    def follow(self, job_id: str, stored: Stored) -> Iterator[Chunk]:
+    def follow(self, job_id: str, stored: Stored, ended: Ended) -> Iterator[Chunk]:
         with self._lock:
             channel = self._channels.get(job_id)
         if channel is not None:
-            yield from channel.follow()
+            yield from channel.follow(ended)
             return
         yield from stored() or ()  # the record is final before the live channel goes

@@ -65,40 +65,24 @@ class JobRunner:
         `job`: its record as the caller just read it (a worker, with the spec); else it is read here.
         """
         channel = self._outputs.open(job_id)
+        recorded: Job | None = None
         # The container is removed last, after the result is recorded and its readers are released.
         with log_context(job_id=job_id, client=spec.client), ExitStack() as cleanup:
             try:
                 if job is None:
                     job = self._store.get_job(job_id)
                 if job is not None:  # None: deleted while queued
-                    self._execute(job, spec, token, _Progress(channel, job.id), cleanup)
+                    recorded = self._execute(job, spec, token, _Progress(channel, job.id), cleanup)
             finally:
-                channel.close()
+                channel.close(recorded)  # its readers have the record without asking the store
                 self._outputs.discard(job_id)
 
-    def _execute(self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack) -> None:
+    def _execute(
+        self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack
+    ) -> Job | None:
+        """Run the job and record its end; the record as saved (None: the store kept an end recorded elsewhere)."""
         try:
-            if token.cancelled:
-                job.finish(
-                    Status.CANCELLED,
-                    token.reason
-                    or "The job was cancelled before it started (by its owner, or because the service stopped).",
-                )
-                return
-            if job.status is not Status.RUNNING or job.worker != self._policy.instance:  # a worker's claim wrote it
-                job.status, job.worker = Status.RUNNING, self._policy.instance
-                # Only these fields change: a narrow update, not the whole record, and none for a job that was
-                # deleted or ended meanwhile (its final record is then not written either: see _record).
-                self._store.claim_job(job.id, job.worker, time.time())
-            self._metrics.queue_wait_seconds.observe(max(time.time() - job.created_at, 0.0))
-            outcome = self._build_and_run(job, spec, token, progress, cleanup)
-            job.finished_at = time.time()
-            message = describe(outcome, job)
-            if outcome.status is Status.CANCELLED and token.reason:  # the service's cancel says why
-                message = token.reason
-            job.finish(outcome.status, message, exit_code=outcome.exit_code)
-            job.record_usage(outcome.usage)
-            self._keep_artifacts(job, outcome)
+            self._run(job, spec, token, progress, cleanup)
         except BuildFailed as e:
             if token.cancelled:
                 job.finish(Status.CANCELLED, "The job was cancelled while its image was being built.")
@@ -112,9 +96,34 @@ class JobRunner:
         finally:
             job.printed = progress.printed
             job.build_log = progress.build_log
-            self._record(job)
+            saved = self._record(job)
             self._count(job)
             self._on_finished(job)
+        return job if saved else None
+
+    def _run(self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack) -> None:
+        """Claim, build and run the job; it ends finished (an error raised is finished by the caller)."""
+        if token.cancelled:
+            job.finish(
+                Status.CANCELLED,
+                token.reason
+                or "The job was cancelled before it started (by its owner, or because the service stopped).",
+            )
+            return
+        if job.status is not Status.RUNNING or job.worker != self._policy.instance:  # a worker's claim wrote it
+            job.status, job.worker = Status.RUNNING, self._policy.instance
+            # Only these fields change: a narrow update, not the whole record, and none for a job that was
+            # deleted or ended meanwhile (its final record is then not written either: see _record).
+            self._store.claim_job(job.id, job.worker, time.time())
+        self._metrics.queue_wait_seconds.observe(max(time.time() - job.created_at, 0.0))
+        outcome = self._build_and_run(job, spec, token, progress, cleanup)
+        job.finished_at = time.time()
+        message = describe(outcome, job)
+        if outcome.status is Status.CANCELLED and token.reason:  # the service's cancel says why
+            message = token.reason
+        job.finish(outcome.status, message, exit_code=outcome.exit_code)
+        job.record_usage(outcome.usage)
+        self._keep_artifacts(job, outcome)
 
     def _count(self, job: Job) -> None:
         self._metrics.runs.labels(job.status.value).inc()
@@ -128,27 +137,28 @@ class JobRunner:
         if outcome.left_out:
             job.message += " Output files left out: " + "; ".join(outcome.left_out) + "."
 
-    def _record(self, job: Job) -> None:
-        """Save the final record, retrying while the store does not answer (a database restart).
+    def _record(self, job: Job) -> bool:
+        """Save the final record, retrying while the store does not answer (a database restart); True once saved.
 
         Only a job still unfinished in the store is updated: one a watchdog ended meanwhile keeps that end.
         """
         deadline = time.monotonic() + RECORD_RETRY_S
         while True:
             try:
-                if not self._store.save_final(job):
-                    log.warning("job %s had already ended (or was deleted); its result here is not recorded", job.id)
-                return
+                if self._store.save_final(job):
+                    return True
+                log.warning("job %s had already ended (or was deleted); its result here is not recorded", job.id)
+                return False
             except STORE_DOWN:
                 if time.monotonic() > deadline:
                     log.exception("could not record the result of job %s; giving up", job.id)
-                    return
+                    return False
                 log.warning("could not record the result of job %s yet; retrying", job.id, exc_info=True)
                 time.sleep(1)
             except Exception:
                 log.exception("could not record the result of job %s", job.id)
                 self._store.end_unfinished(job.id, Status.INTERNAL_ERROR, RECORD_FAILED)
-                return
+                return False
 
     def _build_and_run(
         self, job: Job, spec: RunSpec, token: CancelToken, progress: _Progress, cleanup: ExitStack

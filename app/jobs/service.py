@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from app.errors import Draining, NotFound
 from app.jobs.executor import JobExecutor
-from app.jobs.outputs import OutputBus
+from app.jobs.outputs import Ended, OutputBus
 from app.models import BUILD, Artifact, Chunk, Job, JobSummary, PageCursor, RunSpec, Status, WebhookState
 from app.store import Store
 
@@ -104,7 +104,11 @@ class JobService:
         more = len(found) > limit
         return page, PageCursor(page[-1].created_at, page[-1].id) if more else None
 
-    def follow(self, job: Job) -> Iterator[Chunk]:
+    def follow(self, job: Job) -> Follow:
+        """The job's output (iterate it once), then its final record: see Follow."""
+        return Follow(self, job)
+
+    def _chunks(self, job: Job, ended: Ended) -> Iterator[Chunk]:
         """The job's output as tagged chunks (stdout, stderr, build lines): live while it runs, then stored.
 
         A job already ended is answered from its record (neighbours of one stream joined), in either mode: a live
@@ -113,12 +117,7 @@ class JobService:
         if job.status.finished:
             yield from job.printed.streams
             return
-        yield from self._outputs.follow(job.id, lambda: self._final_chunks(job))
-
-    def follow_output(self, job: Job) -> Iterator[bytes]:
-        """The job's output as text: stdout and stderr interleaved as printed, build lines marked `[runner] `."""
-        for kind, data in self.follow(job):
-            yield f"{PROGRESS_PREFIX}{data.decode(errors='replace')}\n".encode() if kind == BUILD else data
+        yield from self._outputs.follow(job.id, lambda: self._final_chunks(job), ended)
 
     def _final_chunks(self, job: Job) -> list[Chunk] | None:
         """The stdout and stderr of the job's final record; None while it is unfinished."""
@@ -129,9 +128,10 @@ class JobService:
 
     def wait_finished(self, job: Job) -> Job:
         """Block until the job has ended, then return its record."""
-        for _ in self.follow(job):
+        follow = self.follow(job)
+        for _ in follow:
             pass
-        return self.latest(job)
+        return follow.result()
 
     def latest(self, job: Job) -> Job:
         """The job's current record (itself if it was deleted meanwhile)."""
@@ -174,3 +174,27 @@ class JobService:
         """Delete finished jobs older than the retention time; return how many."""
         now = time.time() if now is None else now
         return self._store.purge_finished_before(now - self._retention_s)
+
+
+class Follow:
+    """One reader's pass over a job's output as it comes (iterate it once), then the job's record as it ended."""
+
+    def __init__(self, jobs: JobService, job: Job) -> None:
+        self._jobs = jobs
+        self._job = job
+        self._ended: Job | None = None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self._jobs._chunks(self._job, self._end)
+
+    def _end(self, record: Job) -> None:
+        self._ended = record
+
+    def text(self) -> Iterator[bytes]:
+        """The output as text: stdout and stderr interleaved as printed, build lines marked `[runner] `."""
+        for kind, data in self:
+            yield f"{PROGRESS_PREFIX}{data.decode(errors='replace')}\n".encode() if kind == BUILD else data
+
+    def result(self) -> Job:
+        """After the output: the final record its end carried (as saved), else the store's current one."""
+        return self._ended or self._jobs.latest(self._job)

@@ -1,7 +1,8 @@
 """Live output and cancel signals through Redis Streams, shared by every API node and worker.
 
 Each job's output is the stream `runner:out:<job id>`: entries `k=<kind> d=<bytes>` (kind: 1 stdout, 2 stderr, 3 a
-build line), then one `end=1` once the job's record is final. Cancel requests are entries `job=<id>` of the one
+build line), then one `end=1` once the job's record is final, with `job=<the record>` when it is small (followers
+then need no read of the store). Cancel requests are entries `job=<id>` of the one
 stream `runner:cancel`, read by every worker.
 """
 
@@ -14,13 +15,15 @@ from typing import Any
 
 import redis
 
-from app.jobs.outputs import Stored
-from app.models import Chunk
+from app.jobs.outputs import Ended, Stored
+from app.models import Chunk, Job
+from app.store import decode_record, encode_record
 
 log = logging.getLogger(__name__)
 CANCEL_STREAM = "runner:cancel"
 BLOCK_MS = 1000  # a follower re-checks the job's record this often while its stream is quiet
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+FINAL_INLINE_BYTES = 64 * 1024  # a final record up to this size rides in its stream's end entry (large ones are read)
 
 
 def output_key(job_id: str) -> str:
@@ -38,8 +41,12 @@ class StreamWriter:
     def write(self, kind: int, data: bytes) -> None:
         self._append({"k": str(kind).encode(), "d": data})
 
-    def close(self) -> None:
-        self._append({"end": b"1"})
+    def close(self, final: Job | None = None) -> None:
+        fields = {"end": b"1"}
+        record = encode_record(final) if final is not None else b""
+        if 0 < len(record) <= FINAL_INLINE_BYTES:
+            fields["job"] = record
+        self._append(fields)
 
     def _append(self, fields: dict[str, bytes]) -> None:
         try:
@@ -68,7 +75,7 @@ class RedisOutputs:
         """Mark the stream of a job another process ended (a lost worker's, a cancelled queued one)."""
         self.open(job_id).close()
 
-    def follow(self, job_id: str, stored: Stored) -> Iterator[Chunk]:
+    def follow(self, job_id: str, stored: Stored, ended: Ended) -> Iterator[Chunk]:
         key, last, seen, draining = output_key(job_id), "0-0", False, False
         while True:
             try:
@@ -89,6 +96,7 @@ class RedisOutputs:
             for entry_id, fields in _entries(reply):
                 last = entry_id
                 if b"end" in fields:
+                    _carried(fields, ended)
                     return
                 seen = True
                 yield int(fields.get(b"k", b"1")), fields[b"d"]
@@ -99,6 +107,18 @@ def _entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
     if not reply:
         return []
     return [(entry_id.decode(), fields) for entry_id, fields in reply[0][1]]
+
+
+def _carried(fields: dict[bytes, bytes], ended: Ended) -> None:
+    """Give `ended` the final record an end entry carries (a follower reads the store when there is none)."""
+    if b"job" not in fields:
+        return
+    try:
+        final = decode_record(fields[b"job"])
+    except ValueError:
+        log.warning("an output stream's end carried a record that is not one; reading the store")
+        return
+    ended(final)
 
 
 def _wait_for(stored: Stored) -> Iterable[Chunk]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.models import STDERR, STDOUT, Artifact, Job, JobSummary, Limits, Output, PageCursor, RunSpec, Status
-from app.store import Store, database_url
+from app.store import Store, database_url, decode_record, encode_record
 
 LIMITS = Limits(timeout_s=30, memory_mb=256, cpus=1.0)
 
@@ -433,3 +433,18 @@ def test_one_waiting_client_needs_no_counts_unless_a_running_limit_applies(store
     store.save_job(running)
     assert store.queue_view() == ([("alice", 5.0, "a1")], {}, {})  # the fair choice is alice whatever the counts
     assert store.queue_view(limit=1) == ([("alice", 5.0, "a1")], {"alice": 1}, {"alice": 3.0})  # the limit reads them
+
+
+def test_a_record_encoded_beside_the_store_decodes_to_the_same_job() -> None:
+    original = job("encoded00000000000000001", status=Status.FAILED)
+    original.printed = Output.of([(STDOUT, b"out\xff\n"), (STDERR, b"err\n"), (STDOUT, b"more\n")])
+    original.artifacts = [Artifact.of("a.csv", b"1,2\n")]
+    original.worker, original.exit_code, original.status_corrected = "w1", 3, True
+    assert decode_record(encode_record(original)) == original
+
+
+def test_bytes_that_are_no_record_are_refused() -> None:
+    with pytest.raises(ValueError):
+        decode_record(b'{"id": "x"}\n')
+    with pytest.raises(ValueError):
+        decode_record(b"not json")
