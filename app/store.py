@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -271,6 +271,13 @@ class Store:
         self._get_own = self._get.where(jobs.c.client == sa.bindparam("b_client"))
         mine = sa.func.coalesce(sa.func.sum(sa.case((jobs.c.client == sa.bindparam("b_client"), 1), else_=0)), 0)
         self._unfinished = sa.select(sa.func.count(), mine).select_from(jobs).where(jobs.c.status.in_(UNFINISHED))
+        self._first_beyond = (  # the newest job of a client past its `keep` newest: see purge_beyond
+            sa.select(jobs.c.created_at, jobs.c.id)
+            .where(jobs.c.client == sa.bindparam("b_client"))
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .offset(sa.bindparam("b_keep"))
+            .limit(1)
+        )
         self._save_queued: sa.Select[Any] | None = None
         if self._engine.dialect.name == "postgresql":  # SQLite has no INSERT in WITH
             new_job = sa.insert(jobs).values({c.name: sa.bindparam(f"j_{c.name}", type_=c.type) for c in jobs.c})
@@ -279,23 +286,33 @@ class Store:
                 spec=sa.bindparam("s_spec"),
                 files=sa.bindparam("s_files", type_=sa.LargeBinary),
             )
-            self._save_queued = self._unfinished.add_cte(new_job.cte("new_job")).add_cte(new_spec.cte("new_spec"))
+            beyond = [
+                self._first_beyond.with_only_columns(c).scalar_subquery().correlate(None)
+                for c in jobs.c["created_at", "id"]
+            ]
+            self._save_queued = (
+                self._unfinished.add_columns(*beyond).add_cte(new_job.cte("new_job")).add_cte(new_spec.cte("new_spec"))
+            )
         upsert_spec = self._insert(specs)
         self._upsert_spec = upsert_spec.on_conflict_do_update(
             index_elements=["job_id"], set_={"spec": upsert_spec.excluded.spec, "files": upsert_spec.excluded.files}
         )
         self._claim = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == Status.QUEUED.value)
+        self._claim_and_read: sa.Select[Any] | None = None
+        if self._engine.dialect.name == "postgresql":  # SQLite has no UPDATE in WITH
+            running = {
+                "status": Status.RUNNING.value,
+                "worker": sa.bindparam("c_worker"),
+                "started_at": sa.bindparam("c_at"),
+            }
+            claimed = self._claim.values(running).returning(*[jobs.c[f] for f in JOB_FIELDS]).cte("claimed")
+            self._claim_and_read = sa.select(
+                *[claimed.c[f] for f in JOB_FIELDS], specs.c.spec, specs.c.files
+            ).outerjoin(specs, specs.c.job_id == claimed.c.id)
         self._by_key = sa.select(*CLIENT_FIELDS).where(clients.c.key_hash == sa.bindparam("b_hash"))
         touch = self._insert(images)
         self._touch = touch.on_conflict_do_update(
             index_elements=["engine", "tag"], set_={"last_used": touch.excluded.last_used}
-        )
-        self._first_beyond = (  # the newest job of a client past its `keep` newest: see purge_beyond
-            sa.select(jobs.c.created_at, jobs.c.id)
-            .where(jobs.c.client == sa.bindparam("b_client"))
-            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
-            .offset(sa.bindparam("b_keep"))
-            .limit(1)
         )
         self._purge = sa.delete(jobs).where(jobs.c.finished_at.is_not(None), jobs.c.finished_at < sa.bindparam("b_cut"))
 
@@ -317,19 +334,24 @@ class Store:
             text, files = _dump_spec(spec)
             self._run(self._upsert_spec, {"job_id": job.id, "spec": text, "files": files})
 
-    def save_queued(self, job: Job, spec: RunSpec) -> tuple[int, int] | None:
-        """Insert a new queued job and its spec; on PostgreSQL, also count the unfinished jobs, this one included.
+    def save_queued(self, job: Job, spec: RunSpec, keep: int) -> tuple[int, int] | None:
+        """Insert a new queued job and its spec, after its client's finished jobs beyond the `keep` newest go.
 
-        One statement there (everyone's count and the client's, what a distributed submit checks its bounds with);
-        two on SQLite, which returns None (no count: the embedded mode keeps its own).
+        purge_beyond, then the insert; on PostgreSQL, the unfinished jobs are also counted, this one included. One
+        statement there when nothing is to be purged (everyone's count and the client's, what a distributed
+        submit checks its bounds with, and the first job to purge); three on SQLite, which returns None (no count:
+        the embedded mode keeps its own).
         """
         if self._save_queued is None:
+            self.purge_beyond(job.client, keep)
             self.save_job(job, spec)
             return None
         text, files = _dump_spec(spec)
         params = {f"j_{k}": v for k, v in {**_job_values(job), "spec": None}.items()}
-        params.update(s_spec=text, s_files=files, b_client=job.client)
-        total, mine = self._rows(self._save_queued, params)[0]
+        params.update(s_spec=text, s_files=files, b_client=job.client, b_keep=keep)
+        total, mine, beyond_at, beyond_id = self._rows(self._save_queued, params)[0]
+        if beyond_id is not None:  # found as the tables were before the insert: as purge_beyond run first finds it
+            self._purge_from(job.client, beyond_at, beyond_id)
         return int(total) + 1, int(mine) + 1  # the statement's reads see the tables as they were before it
 
     def insert_jobs(self, finished: Iterable[Job]) -> int:
@@ -354,12 +376,9 @@ class Store:
         return _job(rows[0]) if rows else None
 
     def get_job_and_spec(self, job_id: str) -> tuple[Job, RunSpec | None] | None:
-        """The job and, while it is unfinished, its spec: one query (a worker's read of the job it claimed)."""
+        """The job and, while it is unfinished, its spec: one query."""
         rows = self._rows(self._get_with_spec, {"b_id": job_id})
-        if not rows:
-            return None
-        *fields, spec, files = rows[0]
-        return _job(fields), (_load_spec(spec, bytes(files)) if spec is not None else None)
+        return _job_and_spec(rows[0]) if rows else None
 
     def list_summaries(
         self,
@@ -464,20 +483,47 @@ class Store:
         one transaction, serialized per client (an advisory lock on PostgreSQL; SQLite has one writer).
         """
         values = {"status": Status.RUNNING.value, "worker": worker, "started_at": now, "b_id": job_id}
-        if limit <= 0:
-            return self._run(self._claim, values) > 0
 
         def claim() -> bool:
-            with self._transaction() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(726502, hashtext(:c))"), {"c": client})
-                running = sa.select(sa.func.count()).select_from(jobs)
-                where = sa.and_(jobs.c.client == client, jobs.c.status == Status.RUNNING.value)
-                if int(conn.execute(running.where(where)).scalar_one()) >= limit:
-                    return False
-                return int(conn.execute(self._claim, values).rowcount or 0) > 0
+            with self._claiming(client, limit) as conn:
+                return conn is not None and int(conn.execute(self._claim, values).rowcount or 0) > 0
 
         return _retry(claim)
+
+    def claim_and_read(
+        self, job_id: str, worker: str, now: float, *, client: str = "", limit: int = 0
+    ) -> tuple[Job, RunSpec | None] | None:
+        """claim_job, then the claimed job and its spec (None: not claimed). One statement on PostgreSQL."""
+        if self._claim_and_read is None:
+            claimed = self.claim_job(job_id, worker, now, client=client, limit=limit)
+            return self.get_job_and_spec(job_id) if claimed else None
+        values = {"c_worker": worker, "c_at": now, "b_id": job_id}
+        statement = self._claim_and_read
+
+        def claim() -> list[tuple[Any, ...]]:
+            with self._claiming(client, limit) as conn:
+                return [] if conn is None else [tuple(r) for r in conn.execute(statement, values)]
+
+        rows = _retry(claim)
+        return _job_and_spec(rows[0]) if rows else None
+
+    @contextlib.contextmanager
+    def _claiming(self, client: str, limit: int) -> Iterator[Connection | None]:
+        """A connection to claim one of `client`'s jobs on; None when `limit` > 0 and the client has that many running.
+
+        With a limit it is one transaction that holds the client's lock (an advisory lock on PostgreSQL; SQLite has
+        one writer) from the count to the claim.
+        """
+        if limit <= 0:
+            with self._engine.connect() as conn:
+                yield conn
+            return
+        with self._transaction() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(726502, hashtext(:c))"), {"c": client})
+            running = sa.select(sa.func.count()).select_from(jobs)
+            where = sa.and_(jobs.c.client == client, jobs.c.status == Status.RUNNING.value)
+            yield None if int(conn.execute(running.where(where)).scalar_one()) >= limit else conn
 
     def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
         self._run(sa.update(jobs).where(jobs.c.id == job_id).values(webhook=json.dumps(state.__dict__)))
@@ -571,9 +617,10 @@ class Store:
         there is none) rather than comparing every job of the client with them.
         """
         rows = self._rows(self._first_beyond, {"b_client": client, "b_keep": keep})
-        if not rows:
-            return 0
-        created, job_id = rows[0]
+        return self._purge_from(client, *rows[0]) if rows else 0
+
+    def _purge_from(self, client: str, created: float, job_id: str) -> int:
+        """Delete the client's finished jobs from (created, job_id) back, that one included; return how many."""
         older = sa.or_(jobs.c.created_at < created, sa.and_(jobs.c.created_at == created, jobs.c.id <= job_id))
         stmt = sa.delete(jobs).where(jobs.c.client == client, jobs.c.finished_at.is_not(None), older)
         return self._purge_orphan_artifacts(self._run(stmt))
@@ -749,6 +796,12 @@ def decode_record(data: bytes) -> Job:
         return _job(values[f] for f in JOB_FIELDS)
     except (KeyError, TypeError) as e:
         raise ValueError(f"not a job record: {e}") from e
+
+
+def _job_and_spec(row: Sequence[Any]) -> tuple[Job, RunSpec | None]:
+    """A row of JOB_FIELDS, then the spec's text and files (None once the job ended)."""
+    *fields, spec, files = row
+    return _job(fields), (_load_spec(spec, bytes(files)) if spec is not None else None)
 
 
 def _job(row: Iterable[Any]) -> Job:

@@ -52,13 +52,13 @@ class JobService:
         if self._draining.is_set():
             raise Draining(DRAINING, headers={"Retry-After": "10"})
         self._purge_now_and_then(wait=False)  # a write this answer need not wait for
-        self._store.purge_beyond(spec.client, self._client_max_jobs)  # one client cannot fill the disk
         job = Job(
             id=secrets.token_hex(12), client=spec.client, status=Status.QUEUED, limits=spec.limits,
             entrypoint=spec.entrypoint, created_at=time.time(), callback_url=spec.callback_url,
             webhook=WebhookState("pending") if spec.callback_url else None,
         )  # fmt: skip
-        unfinished = self._store.save_queued(job, spec)  # a worker elsewhere reads the spec from the store
+        # A worker elsewhere reads the spec from the store; the client's oldest jobs go (it cannot fill the disk).
+        unfinished = self._store.save_queued(job, spec, keep=self._client_max_jobs)
         self._outputs.open(job.id)  # live output exists from now until the job's record is final
         try:
             self._executor.submit(job.id, spec, unfinished)

@@ -30,7 +30,7 @@ from app.jobs.fair import Head, pick_next
 from app.jobs.queue import TASK, job_queue
 from app.jobs.runner import JobRunner
 from app.jobs.streams import REDIS_ERRORS, CancelSignals
-from app.models import JOB_ID, Status
+from app.models import JOB_ID, Job, RunSpec, Status
 from app.store import Store
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,11 @@ def run_queued_job(token: str) -> None:
             time.sleep(0.01)
             continue
         try:
-            if ctx.store.claim_job(job_id, ctx.instance, time.time(), client=client, limit=ctx.client_running_limit):
-                _run_claimed(ctx, job_id, token, cancel)
+            claimed = ctx.store.claim_and_read(
+                job_id, ctx.instance, time.time(), client=client, limit=ctx.client_running_limit
+            )
+            if claimed is not None:
+                _run_claimed(ctx, claimed, token, cancel)
                 if ctx.client_running_limit:
                     try:
                         ctx.add_places()
@@ -106,14 +109,15 @@ def run_queued_job(token: str) -> None:
                 ctx.tokens.pop(job_id, None)
 
 
-def _run_claimed(ctx: WorkerContext, job_id: str, place: str, cancel: CancelToken) -> None:
-    """Run a job this worker claimed; whatever fails, it does not stay `running`."""
+def _run_claimed(ctx: WorkerContext, claimed: tuple[Job, RunSpec | None], place: str, cancel: CancelToken) -> None:
+    """Run a job this worker claimed (as the claim read it); whatever fails, it does not stay `running`."""
+    job, spec = claimed
+    job_id = job.id
     try:
-        found = ctx.store.get_job_and_spec(job_id)
-        if found is None or found[1] is None:
+        if spec is None:
             raise RuntimeError("the claimed job has no spec")
         log.info("job %s: started for queue place %s", job_id, place)
-        ctx.runner.execute(job_id, found[1], cancel, job=found[0])
+        ctx.runner.execute(job_id, spec, cancel, job=job)
     except Exception:
         log.exception("job %s: could not be run", job_id)
         ctx.store.end_unfinished(job_id, Status.INTERNAL_ERROR, WORKER_FAILED)

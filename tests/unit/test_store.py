@@ -147,6 +147,18 @@ def test_purge_beyond_keeps_the_newest_finished_jobs_and_every_unfinished_one(st
     assert store.get_job("theirs") is not None
 
 
+def test_a_new_queued_job_purges_its_clients_finished_jobs_beyond_the_newest_it_keeps(store: Store) -> None:
+    store.save_job(job("oldest-running", status=Status.RUNNING, created_at=1.0))
+    for n in range(2, 6):
+        store.save_job(job(f"j{n}", created_at=float(n)))
+    store.save_job(job("theirs", client="other", created_at=0.5))
+    store.save_queued(job("new", status=Status.QUEUED, created_at=9.0), SPEC, keep=2)
+    assert ids(store.list_summaries("acme", 10)) == ["new", "j5", "j4", "oldest-running"]  # as purge_beyond, then it
+    assert store.get_job("theirs") is not None
+    store.save_queued(job("newer", status=Status.QUEUED, created_at=10.0), SPEC, keep=10)
+    assert len(store.list_summaries("acme", 10)) == 5  # nothing beyond: nothing purged
+
+
 def test_unfinished_jobs_are_the_queued_and_running_ones_of_every_client(store: Store) -> None:
     store.save_job(job("q", status=Status.QUEUED))
     store.save_job(job("r", client="other", status=Status.RUNNING))
@@ -233,7 +245,7 @@ def test_an_unfinished_jobs_spec_reads_back_and_is_dropped_when_it_ends(store: S
 def test_a_new_queued_job_is_saved_with_its_spec_and_counted_with_the_unfinished_ones(store: Store) -> None:
     store.save_job(job("r1", client="bob", status=Status.RUNNING))
     store.save_job(job("done", client="acme"))
-    counts = store.save_queued(job("q1", status=Status.QUEUED), SPEC)
+    counts = store.save_queued(job("q1", status=Status.QUEUED), SPEC, keep=10)
     assert store.get_job_and_spec("q1") == (job("q1", status=Status.QUEUED), SPEC)
     postgres = store._engine.dialect.name == "postgresql"
     assert counts == ((2, 1) if postgres else None)  # everyone's unfinished jobs, then acme's; this one included
@@ -249,6 +261,20 @@ def test_a_queued_job_is_claimed_once_and_records_its_worker(store: Store) -> No
     assert (got.status, got.worker, got.started_at) == (Status.RUNNING, "worker-a", 1234.0)
     assert [j.id for j in store.unfinished_jobs(worker="worker-a")] == ["j1"]
     assert store.unfinished_jobs(worker="worker-b") == []
+
+
+def test_a_worker_claims_a_queued_job_and_reads_it_with_its_spec_in_one_step(store: Store) -> None:
+    store.save_job(job("j1", status=Status.QUEUED), SPEC)
+    claimed = store.claim_and_read("j1", "worker-a", now=1234.0)
+    running = job("j1", status=Status.RUNNING)
+    running.worker, running.started_at = "worker-a", 1234.0
+    assert claimed == (running, SPEC)
+    assert store.get_job("j1") == running
+    assert store.claim_and_read("j1", "worker-b", now=1235.0) is None  # taken
+    assert store.claim_and_read("nope", "worker-b", now=1235.0) is None
+    store.save_job(job("a1", status=Status.QUEUED), SPEC)
+    assert store.claim_and_read("a1", "worker-b", now=1.0, client="acme", limit=1) is None  # acme runs j1 already
+    assert store.get_job("a1").status is Status.QUEUED  # type: ignore[union-attr]
 
 
 def test_a_claim_under_a_running_limit_counts_the_clients_running_jobs_in_the_same_step(store: Store) -> None:
