@@ -299,16 +299,12 @@ class Store:
         )
         self._claim = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == Status.QUEUED.value)
         self._claim_and_read: sa.Select[Any] | None = None
+        self._claim_alone: sa.Select[Any] | None = None
         if self._engine.dialect.name == "postgresql":  # SQLite has no UPDATE in WITH
-            running = {
-                "status": Status.RUNNING.value,
-                "worker": sa.bindparam("c_worker"),
-                "started_at": sa.bindparam("c_at"),
-            }
-            claimed = self._claim.values(running).returning(*[jobs.c[f] for f in JOB_FIELDS]).cte("claimed")
-            self._claim_and_read = sa.select(
-                *[claimed.c[f] for f in JOB_FIELDS], specs.c.spec, specs.c.files
-            ).outerjoin(specs, specs.c.job_id == claimed.c.id)
+            other = jobs.alias("other")
+            alone = ~sa.exists().where(other.c.status == Status.QUEUED.value, other.c.id != sa.bindparam("b_id"))
+            self._claim_and_read = _claim_reading(self._claim)
+            self._claim_alone = _claim_reading(self._claim.where(alone))
         self._by_key = sa.select(*CLIENT_FIELDS).where(clients.c.key_hash == sa.bindparam("b_hash"))
         touch = self._insert(images)
         self._touch = touch.on_conflict_do_update(
@@ -497,14 +493,25 @@ class Store:
         if self._claim_and_read is None:
             claimed = self.claim_job(job_id, worker, now, client=client, limit=limit)
             return self.get_job_and_spec(job_id) if claimed else None
-        values = {"c_worker": worker, "c_at": now, "b_id": job_id}
         statement = self._claim_and_read
 
         def claim() -> list[tuple[Any, ...]]:
             with self._claiming(client, limit) as conn:
                 return [] if conn is None else [tuple(r) for r in conn.execute(statement, values)]
 
+        values = {"c_worker": worker, "c_at": now, "b_id": job_id}
         rows = _retry(claim)
+        return _job_and_spec(rows[0]) if rows else None
+
+    def claim_if_alone(self, job_id: str, worker: str, now: float) -> tuple[Job, RunSpec | None] | None:
+        """claim_and_read, but only while no other job is queued (then it is the fair choice whoever waits).
+
+        One statement on PostgreSQL: a worker's first try, before it reads the queue. None: not claimed, or no such
+        statement here (SQLite), and the caller reads the queue.
+        """
+        if self._claim_alone is None:
+            return None
+        rows = self._rows(self._claim_alone, {"c_worker": worker, "c_at": now, "b_id": job_id})
         return _job_and_spec(rows[0]) if rows else None
 
     @contextlib.contextmanager
@@ -796,6 +803,15 @@ def decode_record(data: bytes) -> Job:
         return _job(values[f] for f in JOB_FIELDS)
     except (KeyError, TypeError) as e:
         raise ValueError(f"not a job record: {e}") from e
+
+
+def _claim_reading(claim: sa.Update) -> sa.Select[Any]:
+    """`claim`, an update of one queued job to running (on `c_worker`, at `c_at`), returning the job and its spec."""
+    running = {"status": Status.RUNNING.value, "worker": sa.bindparam("c_worker"), "started_at": sa.bindparam("c_at")}
+    claimed = claim.values(running).returning(*[jobs.c[f] for f in JOB_FIELDS]).cte("claimed")
+    return sa.select(*[claimed.c[f] for f in JOB_FIELDS], specs.c.spec, specs.c.files).outerjoin(
+        specs, specs.c.job_id == claimed.c.id
+    )
 
 
 def _job_and_spec(row: Sequence[Any]) -> tuple[Job, RunSpec | None]:

@@ -10,6 +10,7 @@ the main thread), its started/failed registries and worker registrations.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -76,40 +77,55 @@ def run_queued_job(token: str) -> None:
     entry a worker takes starts whichever queued job is the fair choice at that moment, so one client's backlog
     does not hold back another client's next job. The claim is a conditional update in the store: two workers
     never start the same job.
+
+    First try, with no running limit: the place's own job, claimed only while no other job is queued (then it is
+    the fair choice whatever the rule; one statement, no read of the queue before it).
     """
     ctx = _context
     if ctx is None:
         raise RuntimeError("run_queued_job runs only inside `run.py worker`")
+    store, limit = ctx.store, ctx.client_running_limit
+    if not limit and _claim_and_run(ctx, token, token, lambda: store.claim_if_alone(token, ctx.instance, time.time())):
+        return
     for _ in range(CLAIM_ATTEMPTS):  # another worker may claim our choice first: choose again
-        job_id, client = fair_choice(ctx.store, ctx.client_running_limit)
+        job_id, client = fair_choice(store, limit)
         if job_id is None:
             return  # nothing waits (this place's job was cancelled, or another place started it), or is allowed
-        cancel = CancelToken()
-        with ctx.lock:  # registered before the claim, so a cancel sent once it runs finds it
-            taken = job_id in ctx.tokens  # another thread of this worker is claiming or running it
-            if not taken:
-                ctx.tokens[job_id] = cancel
-        if taken:
+        claim = functools.partial(store.claim_and_read, job_id, ctx.instance, time.time(), client=client, limit=limit)
+        ran = _claim_and_run(ctx, job_id, token, claim)
+        if ran is None:  # another thread of this worker is claiming or running it
             time.sleep(0.01)
-            continue
-        try:
-            claimed = ctx.store.claim_and_read(
-                job_id, ctx.instance, time.time(), client=client, limit=ctx.client_running_limit
-            )
-            if claimed is not None:
-                _run_claimed(ctx, claimed, token, cancel)
-                if ctx.client_running_limit:
-                    try:
-                        ctx.add_places()
-                    except Exception:  # the watchdog restores places within its period anyway
-                        log.warning("could not add places for jobs a running limit held back", exc_info=True)
-                return
-        finally:
-            with ctx.lock:
-                ctx.tokens.pop(job_id, None)
+        elif ran:
+            if limit:
+                try:
+                    ctx.add_places()
+                except Exception:  # the watchdog restores places within its period anyway
+                    log.warning("could not add places for jobs a running limit held back", exc_info=True)
+            return
 
 
-def _run_claimed(ctx: WorkerContext, claimed: tuple[Job, RunSpec | None], place: str, cancel: CancelToken) -> None:
+Claimed = tuple[Job, RunSpec | None]
+
+
+def _claim_and_run(ctx: WorkerContext, job_id: str, place: str, claim: Callable[[], Claimed | None]) -> bool | None:
+    """Claim `job_id` with `claim` and run it: True once it ran, False when not claimed, None when held here."""
+    cancel = CancelToken()
+    with ctx.lock:  # registered before the claim, so a cancel sent once it runs finds it
+        if job_id in ctx.tokens:
+            return None
+        ctx.tokens[job_id] = cancel
+    try:
+        claimed = claim()
+        if claimed is None:
+            return False
+        _run_claimed(ctx, claimed, place, cancel)
+        return True
+    finally:
+        with ctx.lock:
+            ctx.tokens.pop(job_id, None)
+
+
+def _run_claimed(ctx: WorkerContext, claimed: Claimed, place: str, cancel: CancelToken) -> None:
     """Run a job this worker claimed (as the claim read it); whatever fails, it does not stay `running`."""
     job, spec = claimed
     job_id = job.id

@@ -277,6 +277,22 @@ def test_a_worker_claims_a_queued_job_and_reads_it_with_its_spec_in_one_step(sto
     assert store.get_job("a1").status is Status.QUEUED  # type: ignore[union-attr]
 
 
+def test_a_job_is_claimed_at_first_try_only_while_no_other_job_is_queued(store: Store) -> None:
+    if store._engine.dialect.name != "postgresql":
+        assert store.claim_if_alone("j1", "w", now=1.0) is None  # no such statement: the worker reads the queue
+        return
+    store.save_job(job("j1", status=Status.QUEUED), SPEC)
+    store.save_job(job("other", client="bob", status=Status.QUEUED, created_at=2000.0), SPEC)
+    assert store.claim_if_alone("j1", "w", now=1.0) is None  # bob waits too: the fair rule must choose
+    assert store.get_job("j1").status is Status.QUEUED  # type: ignore[union-attr]
+    store.end_unfinished("other", Status.CANCELLED, "cancelled")
+    store.save_job(job("running", status=Status.RUNNING), SPEC)
+    claimed = store.claim_if_alone("j1", "w", now=1.0)
+    assert claimed is not None and claimed[1] == SPEC
+    assert (claimed[0].status, claimed[0].worker, claimed[0].started_at) == (Status.RUNNING, "w", 1.0)
+    assert store.claim_if_alone("j1", "w2", now=2.0) is None  # taken
+
+
 def test_a_claim_under_a_running_limit_counts_the_clients_running_jobs_in_the_same_step(store: Store) -> None:
     for n in range(3):
         store.save_job(job(f"a{n}", status=Status.QUEUED), SPEC)
