@@ -7,7 +7,7 @@ child exits kills whatever the script left behind and sends a trailer with the e
 end of its input (the service closes it once it has recorded the run; at most LINGER_S) and exits.
 
 Protocol (the service's side is container.encode_payload and container.AgentReader):
-- in, first: this source, after its length in 8 digits, read and run by the container's command (BOOTSTRAP).
+- in, first: this agent, compiled and as source, read and run by the container's command (container.BOOTSTRAP).
 - in, before the fork: a line with a number n, then n bytes of NUL-separated fields: the entry point; the number
   of arguments and each one; the number of variables and each name and value; the number of files and each name
   and size; the size of the script's stdin (-1: none, an immediate EOF); the most output files and bytes to send
