@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -97,6 +98,7 @@ schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.In
 
 CLIENT_FIELDS = (clients.c.name, clients.c.key_hash, clients.c.created_at, clients.c.revoked_at)
 POOL_SIZE, POOL_OVERFLOW = 5, 10  # connections per process: at most 15 each (PostgreSQL allows 100 by default)
+log = logging.getLogger(__name__)
 JOB_FIELDS = [c.name for c in jobs.columns if c.name != "spec"]
 SUMMARY_FIELDS = [
     jobs.c[name]
@@ -286,10 +288,8 @@ class Store:
                 spec=sa.bindparam("s_spec"),
                 files=sa.bindparam("s_files", type_=sa.LargeBinary),
             )
-            beyond = [
-                self._first_beyond.with_only_columns(c).scalar_subquery().correlate(None)
-                for c in jobs.c["created_at", "id"]
-            ]
+            first_beyond = self._first_beyond.cte("first_beyond")  # read once, for both columns
+            beyond = [sa.select(first_beyond.c[c]).scalar_subquery() for c in ("created_at", "id")]
             self._save_queued = (
                 self._unfinished.add_columns(*beyond).add_cte(new_job.cte("new_job")).add_cte(new_spec.cte("new_spec"))
             )
@@ -347,7 +347,10 @@ class Store:
         params.update(s_spec=text, s_files=files, b_client=job.client, b_keep=keep)
         total, mine, beyond_at, beyond_id = self._rows(self._save_queued, params)[0]
         if beyond_id is not None:  # found as the tables were before the insert: as purge_beyond run first finds it
-            self._purge_from(job.client, beyond_at, beyond_id)
+            try:
+                self._purge_from(job.client, beyond_at, beyond_id)
+            except sa.exc.SQLAlchemyError:  # the job is saved: it goes on; the client's next submit purges
+                log.warning("could not purge the oldest jobs of client %s", job.client, exc_info=True)
         return int(total) + 1, int(mine) + 1  # the statement's reads see the tables as they were before it
 
     def insert_jobs(self, finished: Iterable[Job]) -> int:

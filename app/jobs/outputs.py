@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
-import copy
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from app.models import Chunk, Job
+from app.store import decode_record, encode_record
+
+log = logging.getLogger(__name__)
+FINAL_INLINE_BYTES = 64 * 1024  # a final record up to this size rides with the end of its output (larger: read)
 
 Stored = Callable[[], Iterable[Chunk] | None]
 """The chunks of a job's final record once it has ended (None while it has not)."""
 Ended = Callable[[Job], None]
 """Receives the job's final record when the end of its live output carried it (no read of the store then)."""
+
+
+def carried(final: Job | None) -> bytes | None:
+    """The final record as the end of a job's output carries it: the store's values (see store.encode_record).
+
+    None when there is none or it is larger than FINAL_INLINE_BYTES (its followers then read the store).
+    """
+    if final is None:
+        return None
+    if sum(len(data) for _, data in final.printed.chunks) + len(final.build_log) > FINAL_INLINE_BYTES:
+        return None  # too large without encoding it
+    record = encode_record(final)
+    return record if len(record) <= FINAL_INLINE_BYTES else None
+
+
+def deliver(record: bytes, ended: Ended) -> None:
+    """Give `ended` the record an output's end carried (a follower reads the store when it is not one)."""
+    try:
+        final = decode_record(record)
+    except ValueError:
+        log.warning("the end of an output carried a record that is not one; reading the store")
+        return
+    ended(final)
 
 
 class OutputWriter(Protocol):
@@ -51,7 +78,7 @@ class OutputChannel:
     def __init__(self) -> None:
         self._chunks: list[Chunk] = []
         self._closed = False
-        self._final: Job | None = None
+        self._final: bytes | None = None
         self._cond = threading.Condition()
 
     def write(self, kind: int, data: bytes) -> None:
@@ -60,9 +87,10 @@ class OutputChannel:
             self._cond.notify_all()
 
     def close(self, final: Job | None = None) -> None:
+        record = carried(final)  # as it was saved: its writer may still change its own object
         with self._cond:
             self._closed = True
-            self._final = copy.deepcopy(final)  # as it was saved: its writer may still change its own copy
+            self._final = record
             self._cond.notify_all()
 
     def follow(self, ended: Ended) -> Iterator[Chunk]:
@@ -78,7 +106,7 @@ class OutputChannel:
             yield from chunks
             if closed and not chunks:
                 if self._final is not None:
-                    ended(self._final)
+                    deliver(self._final, ended)
                 return
 
 

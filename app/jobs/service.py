@@ -188,7 +188,8 @@ class Follow:
         return self._jobs._chunks(self._job, self._end)
 
     def _end(self, record: Job) -> None:
-        self._ended = record
+        if (record.id, record.client) == (self._job.id, self._job.client):  # else the store's word is taken
+            self._ended = record
 
     def text(self) -> Iterator[bytes]:
         """The output as text: stdout and stderr interleaved as printed, build lines marked `[runner] `."""

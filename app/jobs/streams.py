@@ -1,8 +1,8 @@
 """Live output and cancel signals through Redis Streams, shared by every API node and worker.
 
 Each job's output is the stream `runner:out:<job id>`: entries `k=<kind> d=<bytes>` (kind: 1 stdout, 2 stderr, 3 a
-build line), then one `end=1` once the job's record is final, with `job=<the record>` when it is small (followers
-then need no read of the store). Cancel requests are entries `job=<id>` of the one
+build line), then one `end=1` once the job's record is final, with `job=<the record>` when it is small (see
+outputs.carried: followers then need no read of the store). Cancel requests are entries `job=<id>` of the one
 stream `runner:cancel`, read by every worker.
 """
 
@@ -15,15 +15,13 @@ from typing import Any
 
 import redis
 
-from app.jobs.outputs import Ended, Stored
+from app.jobs.outputs import Ended, Stored, carried, deliver
 from app.models import Chunk, Job
-from app.store import decode_record, encode_record
 
 log = logging.getLogger(__name__)
 CANCEL_STREAM = "runner:cancel"
 BLOCK_MS = 1000  # a follower re-checks the job's record this often while its stream is quiet
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-FINAL_INLINE_BYTES = 64 * 1024  # a final record up to this size rides in its stream's end entry (large ones are read)
 
 
 def output_key(job_id: str) -> str:
@@ -42,11 +40,8 @@ class StreamWriter:
         self._append({"k": str(kind).encode(), "d": data})
 
     def close(self, final: Job | None = None) -> None:
-        fields = {"end": b"1"}
-        record = encode_record(final) if final is not None else b""
-        if 0 < len(record) <= FINAL_INLINE_BYTES:
-            fields["job"] = record
-        self._append(fields)
+        record = carried(final)
+        self._append({"end": b"1"} if record is None else {"end": b"1", "job": record})
 
     def _append(self, fields: dict[str, bytes]) -> None:
         try:
@@ -96,7 +91,8 @@ class RedisOutputs:
             for entry_id, fields in _entries(reply):
                 last = entry_id
                 if b"end" in fields:
-                    _carried(fields, ended)
+                    if b"job" in fields:
+                        deliver(fields[b"job"], ended)
                     return
                 seen = True
                 yield int(fields.get(b"k", b"1")), fields[b"d"]
@@ -107,18 +103,6 @@ def _entries(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
     if not reply:
         return []
     return [(entry_id.decode(), fields) for entry_id, fields in reply[0][1]]
-
-
-def _carried(fields: dict[bytes, bytes], ended: Ended) -> None:
-    """Give `ended` the final record an end entry carries (a follower reads the store when there is none)."""
-    if b"job" not in fields:
-        return
-    try:
-        final = decode_record(fields[b"job"])
-    except ValueError:
-        log.warning("an output stream's end carried a record that is not one; reading the store")
-        return
-    ended(final)
 
 
 def _wait_for(stored: Stored) -> Iterable[Chunk]:

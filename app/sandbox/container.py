@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hmac
+import importlib.util
 import logging
 import marshal
 import secrets
 import select
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,11 +41,11 @@ AGENT_SOURCE = Path(__file__).with_name("agent.py")
 # The container's command: read the agent from stdin, then run it (so images need not carry it). It travels on
 # stdin, not in the command: Docker copies a command into every record it keeps of a container (its config, each
 # state checkpoint, the OCI spec), which cost the engine ~8 ms of CPU per run for 14 KB. Three parts, each after
-# its length in 8 digits: the Python it was compiled by, the compiled agent (marshal), its source. The compiled
-# one runs when the container's Python is the same version (compiling the source cost every container ~4 ms of
-# CPU); the source otherwise.
-PYTHON_VERSION = "%s-%d.%d"  # of sys.implementation.name and sys.version_info[:2]: what marshalled code needs
-BOOTSTRAP = f"""import os, sys
+# its length in 8 digits: the bytecode's magic number (importlib's MAGIC_NUMBER, already loaded in every Python),
+# the compiled agent (marshal), its source. The compiled one runs where the magic number is the container's
+# (compiling the source cost every container ~4 ms of CPU); the source otherwise, or if the compiled one fails to
+# load.
+BOOTSTRAP = """import os, sys
 def read(n):
     data = b""
     while len(data) < n:
@@ -56,12 +56,15 @@ def read(n):
     return data
 def part():
     return read(int(read(8)))
-python, code, source = part(), part(), part()
-if python.decode() == "{PYTHON_VERSION}" % (sys.implementation.name, *sys.version_info[:2]):
+magic, code, source = part(), part(), part()
+try:
+    if magic != sys.modules["_frozen_importlib_external"].MAGIC_NUMBER:
+        raise ValueError(magic)
     import marshal
-    exec(marshal.loads(code))
-else:
-    exec(compile(source, "agent.py", "exec"))
+    agent = marshal.loads(code)
+except Exception:
+    agent = compile(source, "agent.py", "exec", dont_inherit=True)
+exec(agent)
 """
 AGENT_COMMAND = ["python", "-c", BOOTSTRAP, WORKDIR]
 
@@ -79,8 +82,8 @@ def agent_preamble() -> bytes:
 
 @lru_cache(maxsize=2)
 def _preamble(source: bytes) -> bytes:
-    python = PYTHON_VERSION % (sys.implementation.name, *sys.version_info[:2])
-    parts = (python.encode(), marshal.dumps(compile(source, "agent.py", "exec")), source)
+    compiled = compile(source, "agent.py", "exec", dont_inherit=True, optimize=0)  # as the container would
+    parts = (importlib.util.MAGIC_NUMBER, marshal.dumps(compiled), source)
     return b"".join(b"%08d" % len(part) + part for part in parts)
 
 

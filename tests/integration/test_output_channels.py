@@ -5,14 +5,20 @@ Both channels: this process's (the embedded mode) and Redis Streams (real Redis;
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
 
-from app.jobs.outputs import OutputBus, OutputHub
-from app.jobs.streams import FINAL_INLINE_BYTES, RedisOutputs
+from app.jobs.executor import JobExecutor
+from app.jobs.outputs import FINAL_INLINE_BYTES, OutputBus, OutputHub
+from app.jobs.service import JobService
+from app.jobs.streams import RedisOutputs
 from app.models import STDERR, STDOUT, Artifact, Chunk, Job, Limits, Output, Status, WebhookState
+from app.store import Store
 from tests.backing import RedisServer
 
 
@@ -70,15 +76,43 @@ def test_an_end_without_a_record_leaves_the_follower_to_read_the_store(bus: Outp
     assert ended == []
 
 
+def test_a_large_record_is_not_carried_its_followers_read_the_store(bus: OutputBus) -> None:
+    job = finished_job("carried0000000000000004", printed=b"x" * FINAL_INLINE_BYTES)
+    bus.open(job.id).close(job)
+    ended: list[Job] = []
+    list(bus.follow(job.id, lambda: [], ended.append))
+    assert ended == []
+
+
 def test_a_large_record_is_not_copied_into_redis(redis_server: RedisServer) -> None:
     conn = redis.Redis.from_url(redis_server.url)
     try:
-        outputs = RedisOutputs(conn, ttl_s=60)
-        job = finished_job("carried0000000000000004", printed=b"x" * FINAL_INLINE_BYTES)
-        outputs.open(job.id).close(job)
-        ended: list[Job] = []
-        list(outputs.follow(job.id, lambda: [], ended.append))
-        assert ended == []
-        assert conn.memory_usage(f"runner:out:{job.id}") < FINAL_INLINE_BYTES  # type: ignore[operator]
+        job = finished_job("carried0000000000000005", printed=b"x" * FINAL_INLINE_BYTES)
+        RedisOutputs(conn, ttl_s=60).open(job.id).close(job)
+        usage = conn.memory_usage(f"runner:out:{job.id}")
+        assert usage is not None and usage < FINAL_INLINE_BYTES
     finally:
         conn.close()
+
+
+def test_a_record_is_carried_as_the_store_keeps_it(bus: OutputBus) -> None:
+    job = finished_job("carried0000000000000006")
+    job.message = "left out: a\x00b"  # the store keeps no NUL
+    bus.open(job.id).close(job)
+    ended: list[Job] = []
+    list(bus.follow(job.id, no_store, ended.append))
+    assert ended[0].message == "left out: ab"
+
+
+def test_a_record_carried_for_another_job_is_ignored_and_the_store_answers(tmp_path: Path) -> None:
+    store, hub = Store(tmp_path / "runner.sqlite3"), OutputHub()
+    jobs = JobService(store, hub, cast(JobExecutor, None), retention_s=60, client_max_jobs=10)
+    mine = finished_job("carried0000000000000007")
+    store.save_job(mine)
+    running = dataclasses.replace(mine, status=Status.RUNNING, exit_code=None, finished_at=None)
+    theirs = dataclasses.replace(mine, id="carried0000000000000008", client="mallory", exit_code=0)
+    hub.open(mine.id).close(theirs)
+    follow = jobs.follow(running)
+    list(follow)
+    assert follow.result() == mine
+    store.close()
