@@ -297,14 +297,14 @@ class Store:
         self._upsert_spec = upsert_spec.on_conflict_do_update(
             index_elements=["job_id"], set_={"spec": upsert_spec.excluded.spec, "files": upsert_spec.excluded.files}
         )
-        self._claim = sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == Status.QUEUED.value)
+        self._claim = _claim()
         self._claim_and_read: sa.Select[Any] | None = None
         self._claim_alone: sa.Select[Any] | None = None
         if self._engine.dialect.name == "postgresql":  # SQLite has no UPDATE in WITH
             other = jobs.alias("other")
             alone = ~sa.exists().where(other.c.status == Status.QUEUED.value, other.c.id != sa.bindparam("b_id"))
             self._claim_and_read = _claim_reading(self._claim)
-            self._claim_alone = _claim_reading(self._claim.where(alone))
+            self._claim_alone = _claim_reading(_claim(alone))
         self._by_key = sa.select(*CLIENT_FIELDS).where(clients.c.key_hash == sa.bindparam("b_hash"))
         touch = self._insert(images)
         self._touch = touch.on_conflict_do_update(
@@ -481,10 +481,10 @@ class Store:
         With `limit` > 0, also False when `client` already has that many jobs running: the count and the claim are
         one transaction, serialized per client (an advisory lock on PostgreSQL; SQLite has one writer).
         """
-        values = {"status": Status.RUNNING.value, "worker": worker, "started_at": now, "b_id": job_id}
+        values = {"c_worker": worker, "c_at": now, "b_id": job_id}
 
         def claim() -> bool:
-            with self._claiming(client, limit) as conn:
+            with self._claiming(job_id, client, limit) as conn:
                 return conn is not None and int(conn.execute(self._claim, values).rowcount or 0) > 0
 
         return _retry(claim)
@@ -499,7 +499,7 @@ class Store:
         statement = self._claim_and_read
 
         def claim() -> list[tuple[Any, ...]]:
-            with self._claiming(client, limit) as conn:
+            with self._claiming(job_id, client, limit) as conn:
                 return [] if conn is None else [tuple(r) for r in conn.execute(statement, values)]
 
         values = {"c_worker": worker, "c_at": now, "b_id": job_id}
@@ -518,11 +518,12 @@ class Store:
         return _job_and_spec(rows[0]) if rows else None
 
     @contextlib.contextmanager
-    def _claiming(self, client: str, limit: int) -> Iterator[Connection | None]:
-        """A connection to claim one of `client`'s jobs on; None when `limit` > 0 and the client has that many running.
+    def _claiming(self, job_id: str, client: str, limit: int) -> Iterator[Connection | None]:
+        """A connection to claim `client`'s job on; None when `limit` > 0 and the client runs that many others.
 
         With a limit it is one transaction that holds the client's lock (an advisory lock on PostgreSQL; SQLite has
-        one writer) from the count to the claim.
+        one writer) from the count to the claim. The job itself is not counted: a claim tried again finds it
+        running (see _claim).
         """
         if limit <= 0:
             with self._engine.connect() as conn:
@@ -532,7 +533,7 @@ class Store:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(726502, hashtext(:c))"), {"c": client})
             running = sa.select(sa.func.count()).select_from(jobs)
-            where = sa.and_(jobs.c.client == client, jobs.c.status == Status.RUNNING.value)
+            where = sa.and_(jobs.c.client == client, jobs.c.status == Status.RUNNING.value, jobs.c.id != job_id)
             yield None if int(conn.execute(running.where(where)).scalar_one()) >= limit else conn
 
     def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
@@ -808,10 +809,24 @@ def decode_record(data: bytes) -> Job:
         raise ValueError(f"not a job record: {e}") from e
 
 
+def _claim(*conditions: sa.ColumnElement[bool]) -> sa.Update:
+    """The update of job `b_id` from queued (and `conditions`) to running on worker `c_worker` since `c_at`.
+
+    Idempotent: a claim sent again finds its own (same job, worker and time) and matches it as it matched the queued
+    job. `_retry` sends it again when the connection dropped, and the first may have been committed before: without
+    this the job would stay `running` on a worker that believes it lost the claim.
+    """
+    worker: sa.BindParameter[str] = sa.bindparam("c_worker")
+    at: sa.BindParameter[float] = sa.bindparam("c_at")
+    mine = sa.and_(jobs.c.status == Status.RUNNING.value, jobs.c.worker == worker, jobs.c.started_at == at)
+    queued = sa.and_(jobs.c.status == Status.QUEUED.value, *conditions)
+    running = {"status": Status.RUNNING.value, "worker": worker, "started_at": at}
+    return sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), sa.or_(queued, mine)).values(running)
+
+
 def _claim_reading(claim: sa.Update) -> sa.Select[Any]:
-    """`claim`, an update of one queued job to running (on `c_worker`, at `c_at`), returning the job and its spec."""
-    running = {"status": Status.RUNNING.value, "worker": sa.bindparam("c_worker"), "started_at": sa.bindparam("c_at")}
-    claimed = claim.values(running).returning(*[jobs.c[f] for f in JOB_FIELDS]).cte("claimed")
+    """`claim` (see _claim), returning the job and its spec."""
+    claimed = claim.returning(*[jobs.c[f] for f in JOB_FIELDS]).cte("claimed")
     return sa.select(*[claimed.c[f] for f in JOB_FIELDS], specs.c.spec, specs.c.files).outerjoin(
         specs, specs.c.job_id == claimed.c.id
     )

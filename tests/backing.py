@@ -6,6 +6,7 @@ free port; `restart()` stops and starts it on the same port and data, as an oper
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import secrets
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,50 @@ class PostgresServer:
 
 def has_backing_binaries() -> bool:
     return bool(redis_binary() and postgres_bindir() and os.geteuid() == 0)
+
+
+class ReplyCutter:
+    """A TCP relay on loopback to a server's port that can cut one connection as its answer arrives.
+
+    After `cut_next_reply()`, the first bytes the server sends back on any connection are dropped and that
+    connection is closed both ways: what the client sent was done, and the client never hears of it.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._armed = threading.Event()
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_next_reply(self) -> None:
+        self._armed.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            far = socket.create_connection(("127.0.0.1", self._port))
+            threading.Thread(target=self._relay, args=(near, far, False), daemon=True).start()
+            threading.Thread(target=self._relay, args=(far, near, True), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if replies and self._armed.is_set():
+                    self._armed.clear()
+                    self.cuts += 1
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        source.close()  # each socket is the source of one relay
+
+    def close(self) -> None:
+        self._listener.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from app.models import STDERR, STDOUT, Artifact, Job, JobSummary, Limits, Output, PageCursor, RunSpec, Status
 from app.store import Store, database_url, decode_record, encode_record
+from tests.backing import PostgresServer, ReplyCutter
 
 LIMITS = Limits(timeout_s=30, memory_mb=256, cpus=1.0)
 
@@ -490,3 +492,39 @@ def test_bytes_that_are_no_record_are_refused() -> None:
         decode_record(b'{"id": "x"}\n')
     with pytest.raises(ValueError):
         decode_record(b"not json")
+
+
+def test_a_claim_sent_again_finds_its_own_and_no_one_elses(store: Store) -> None:
+    """What `_retry` does after a dropped connection: the first claim may have been done already."""
+    store.save_job(job("j1", status=Status.QUEUED), SPEC)
+    assert store.claim_job("j1", "worker-a", now=1234.0, client="acme", limit=1)
+    assert store.claim_job("j1", "worker-a", now=1234.0, client="acme", limit=1)  # not counted as its own limit
+    assert not store.claim_job("j1", "worker-a", now=1235.0)  # a later claim of this worker is another claim
+    assert not store.claim_job("j1", "worker-b", now=1234.0)
+    store.save_job(job("j2", status=Status.QUEUED), SPEC)
+    first = store.claim_and_read("j2", "worker-a", now=2.0)
+    assert first is not None and store.claim_and_read("j2", "worker-a", now=2.0) == first
+    assert store.claim_and_read("j2", "worker-b", now=2.0) is None
+    if store._engine.dialect.name == "postgresql":
+        store.save_job(job("j3", status=Status.QUEUED), SPEC)
+        first = store.claim_if_alone("j3", "worker-a", now=3.0)
+        store.save_job(job("j4", client="bob", status=Status.QUEUED), SPEC)  # no longer alone, but it is its own
+        assert first is not None and store.claim_if_alone("j3", "worker-a", now=3.0) == first
+        assert store.claim_if_alone("j3", "worker-b", now=3.0) is None
+
+
+def test_a_claim_whose_answer_is_lost_with_its_connection_still_claims_the_job(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = urlsplit(postgres.new_database())
+    cutter = ReplyCutter(postgres.port)
+    store = Store(url._replace(netloc=url.netloc.replace(f":{postgres.port}", f":{cutter.port}")).geturl())
+    try:
+        store.save_job(job("j1", status=Status.QUEUED), SPEC)
+        cutter.cut_next_reply()  # the claim is committed; its connection drops before the answer
+        claimed = store.claim_and_read("j1", "worker-a", now=1234.0)
+        assert cutter.cuts == 1
+        assert claimed is not None and claimed[0].worker == "worker-a"
+    finally:
+        store.close()
+        cutter.close()
