@@ -419,6 +419,17 @@ class Store:
         total, of_client = self._rows(self._unfinished, {"b_client": client})[0]
         return int(total), int(of_client)
 
+    def withdraw_queued(self, job_id: str) -> bool:
+        """Delete a job its submit refused; False when a worker claimed it first (then it stays, and runs).
+
+        True also when it was gone already (a delete sent again after a dropped connection finds nothing).
+        """
+        queued = sa.delete(jobs).where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.value)
+        if not self._run(queued) and self.get_job(job_id) is not None:
+            return False
+        self._run(self._drop_spec, {"b_id": job_id})
+        return True
+
     def delete_job(self, job_id: str) -> None:
         self._run(sa.delete(jobs).where(jobs.c.id == job_id))
         self._run(sa.delete(artifacts).where(artifacts.c.job_id == job_id))

@@ -62,10 +62,16 @@ class JobService:
         self._outputs.open(job.id)  # live output exists from now until the job's record is final
         try:
             self._executor.submit(job.id, spec, unfinished)
-        except BaseException:  # refused, or the queue failed: nothing of this request may run later
-            self._outputs.discard(job.id)
-            self._store.delete_job(job.id)
-            raise
+        except BaseException as e:  # refused, or the queue failed: nothing of this request may run later
+            if self._store.withdraw_queued(job.id):
+                self._outputs.discard(job.id)
+                raise
+            if not isinstance(e, Exception):
+                raise
+            # In the distributed mode a worker may start any queued job (a place in line is not a particular job)
+            # and took this one first: it runs, so it is accepted. One queued job is then a place short: places
+            # start the fairest job, not their own, so it is the last of a burst, and the watchdog gives it one.
+            log.warning("job %s: a worker started it before its submit could refuse it (%s); it is kept", job.id, e)
         return job
 
     def get(self, job_id: str, client: str) -> Job:

@@ -528,3 +528,15 @@ def test_a_claim_whose_answer_is_lost_with_its_connection_still_claims_the_job(
     finally:
         store.close()
         cutter.close()
+
+
+def test_a_refused_job_is_withdrawn_unless_a_worker_claimed_it(store: Store) -> None:
+    store.save_job(job("j1", status=Status.QUEUED), SPEC)
+    store.save_job(job("j2", status=Status.QUEUED), SPEC)
+    assert store.claim_job("j2", "w", now=1.0)
+    assert store.withdraw_queued("j1")
+    assert store.get_job("j1") is None and spec_of(store, "j1") is None
+    assert store.withdraw_queued("j1")  # sent again: it is gone
+    assert not store.withdraw_queued("j2")
+    assert store.get_job("j2").status is Status.RUNNING  # type: ignore[union-attr]
+    assert spec_of(store, "j2") == SPEC
