@@ -35,6 +35,8 @@ LABEL = "io.datapane.runner"
 WORKDIR = "/sandbox"
 SANDBOX_UID = SANDBOX_GID = 1000  # the `python` user of the base image
 MAX_ARTIFACT_NAME = 100
+SIGKILLED = 128 + 9  # the exit code of a process killed by SIGKILL (the OOM killer's signal)
+OOM_FLAG_WAIT_S = 1.0  # see Run._oom_killed
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 
@@ -411,8 +413,29 @@ class Run:
         return self._outcome(exit_code, oom=self._oom_killed(exit_code), usage=usage)
 
     def _oom_killed(self, exit_code: int) -> bool:
-        # A clean exit needs no second look; any other one may be the kernel's OOM killer.
-        return exit_code != 0 and bool(self._api.inspect_container(self.container_id)["State"].get("OOMKilled"))
+        """Docker's OOM flag. A clean exit needs no look; any other one may be the kernel's OOM killer.
+
+        The flag can follow the exit (seen under gVisor, whose shim reports the OOM after the exit): a SIGKILL
+        the service did not send is looked at again for up to OOM_FLAG_WAIT_S before it counts as a plain kill.
+        """
+        if exit_code == 0:
+            return False
+        killed_here = self._timed_out.is_set() or self._cancelled.is_set() or self._killed_for_output
+        start = time.monotonic()
+        deadline = start + (OOM_FLAG_WAIT_S if exit_code == SIGKILLED and not killed_here else 0)
+        looks = 1
+        while not self._api.inspect_container(self.container_id)["State"].get("OOMKilled"):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+            looks += 1
+        if looks > 1:
+            log.info(
+                "container %s: Docker's OOM flag came %.2f s after the exit",
+                self.container_id[:12],
+                time.monotonic() - start,
+            )
+        return True
 
     def _outcome(self, exit_code: int, *, oom: bool, usage: Usage | None) -> RunOutcome:
         artifacts, left_out = self._artifacts.finish()
