@@ -419,13 +419,14 @@ class Store:
         total, of_client = self._rows(self._unfinished, {"b_client": client})[0]
         return int(total), int(of_client)
 
-    def withdraw_queued(self, job_id: str) -> bool:
-        """Delete a job its submit refused; False when a worker claimed it first (then it stays, and runs).
+    def withdraw_unstarted(self, job_id: str) -> bool:
+        """Delete a job its submit refused; False when a worker started it first (then it stays, and runs).
 
-        True also when it was gone already (a delete sent again after a dropped connection finds nothing).
+        A job cancelled while queued never started: it goes too. True also when it was gone already (a delete sent
+        again after a dropped connection finds nothing).
         """
-        queued = sa.delete(jobs).where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.value)
-        if not self._run(queued) and self.get_job(job_id) is not None:
+        unstarted = sa.delete(jobs).where(jobs.c.id == job_id, jobs.c.started_at.is_(None))
+        if not self._run(unstarted) and self.get_job(job_id) is not None:
             return False
         self._run(self._drop_spec, {"b_id": job_id})
         return True
@@ -495,7 +496,7 @@ class Store:
         values = {"c_worker": worker, "c_at": now, "b_id": job_id}
 
         def claim() -> bool:
-            with self._claiming(job_id, client, limit) as conn:
+            with self._claiming(values, client, limit) as conn:
                 return conn is not None and int(conn.execute(self._claim, values).rowcount or 0) > 0
 
         return _retry(claim)
@@ -510,7 +511,7 @@ class Store:
         statement = self._claim_and_read
 
         def claim() -> list[tuple[Any, ...]]:
-            with self._claiming(job_id, client, limit) as conn:
+            with self._claiming(values, client, limit) as conn:
                 return [] if conn is None else [tuple(r) for r in conn.execute(statement, values)]
 
         values = {"c_worker": worker, "c_at": now, "b_id": job_id}
@@ -529,12 +530,12 @@ class Store:
         return _job_and_spec(rows[0]) if rows else None
 
     @contextlib.contextmanager
-    def _claiming(self, job_id: str, client: str, limit: int) -> Iterator[Connection | None]:
-        """A connection to claim `client`'s job on; None when `limit` > 0 and the client runs that many others.
+    def _claiming(self, claim: dict[str, Any], client: str, limit: int) -> Iterator[Connection | None]:
+        """A connection for `claim` (see _claim) of `client`'s job; None when `limit` > 0 and the client runs that many.
 
         With a limit it is one transaction that holds the client's lock (an advisory lock on PostgreSQL; SQLite has
-        one writer) from the count to the claim. The job itself is not counted: a claim tried again finds it
-        running (see _claim).
+        one writer) from the count to the claim. A claim tried again that finds its first try done is let through
+        whatever the count (the job is running already; the others may have reached the limit since).
         """
         if limit <= 0:
             with self._engine.connect() as conn:
@@ -543,9 +544,13 @@ class Store:
         with self._transaction() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(726502, hashtext(:c))"), {"c": client})
-            running = sa.select(sa.func.count()).select_from(jobs)
-            where = sa.and_(jobs.c.client == client, jobs.c.status == Status.RUNNING.value, jobs.c.id != job_id)
-            yield None if int(conn.execute(running.where(where)).scalar_one()) >= limit else conn
+            running = jobs.c.status == Status.RUNNING.value
+            own = sa.and_(
+                jobs.c.id == claim["b_id"], jobs.c.worker == claim["c_worker"], jobs.c.started_at == claim["c_at"]
+            )
+            counts = sa.select(*[sa.func.coalesce(sa.func.sum(sa.case((c, 1), else_=0)), 0) for c in (running, own)])
+            held, done = conn.execute(counts.where(jobs.c.client == client, running)).one()
+            yield conn if done or held < limit else None
 
     def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
         self._run(sa.update(jobs).where(jobs.c.id == job_id).values(webhook=json.dumps(state.__dict__)))

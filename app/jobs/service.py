@@ -63,10 +63,13 @@ class JobService:
         try:
             self._executor.submit(job.id, spec, unfinished)
         except BaseException as e:  # refused, or the queue failed: nothing of this request may run later
-            if self._store.withdraw_queued(job.id):
-                self._outputs.discard(job.id)
-                raise
-            if not isinstance(e, Exception):
+            kept = False
+            try:
+                kept = not self._store.withdraw_unstarted(job.id)
+            finally:
+                if not kept:
+                    self._outputs.discard(job.id)
+            if not kept or not isinstance(e, Exception):
                 raise
             # In the distributed mode a worker may start any queued job (a place in line is not a particular job)
             # and took this one first: it runs, so it is accepted. One queued job is then a place short: places

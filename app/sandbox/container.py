@@ -346,7 +346,9 @@ class Run:
                 if trailer is not None and trailer.exited:
                     self._reported = self._outcome(trailer.code, oom=False, usage=trailer.usage)
                     return self._reported
-                return self._judge(self._api.wait(self.container_id, timeout=60)["StatusCode"], trailer)
+                exit_code = self._api.wait(self.container_id, timeout=60)["StatusCode"]
+                watchdog.cancel()  # it has ended: no kill to send while Docker's flags are read
+                return self._judge(exit_code, trailer)
         finally:
             watchdog.cancel()
             if self._reported is None:  # else the agent waits for its input's end: see confirm()
@@ -409,20 +411,25 @@ class Run:
         return None
 
     def _judge(self, exit_code: int, trailer: Trailer | None) -> RunOutcome:
-        usage = trailer.usage if trailer is not None else self._usage_at_kill
-        return self._outcome(exit_code, oom=self._oom_killed(exit_code), usage=usage)
+        """Docker's verdict on a container that has ended (no trailer, or a signaled one).
 
-    def _oom_killed(self, exit_code: int) -> bool:
-        """Docker's OOM flag. A clean exit needs no look; any other one may be the kernel's OOM killer.
-
-        The flag can follow the exit (seen under gVisor, whose shim reports the OOM after the exit): a SIGKILL
-        the service did not send is looked at again for up to OOM_FLAG_WAIT_S before it counts as a plain kill.
+        Docker's OOM flag can follow the exit (seen under gVisor, whose shim reports the OOM after the exit): a
+        SIGKILL the service did not send is looked at again for up to OOM_FLAG_WAIT_S before it counts as a plain
+        kill. The service's own reasons are taken as they were when the container ended: a timer or a cancel that
+        comes during that second changes nothing.
         """
+        usage = trailer.usage if trailer is not None else self._usage_at_kill
+        timed_out, cancelled = self._timed_out.is_set(), self._cancelled.is_set()
+        unexplained = exit_code == SIGKILLED and not (timed_out or cancelled or self._killed_for_output)
+        outcome = self._outcome(exit_code, oom=self._oom_killed(exit_code, look_again=unexplained), usage=usage)
+        return dataclasses.replace(outcome, timed_out=timed_out, cancelled=cancelled)
+
+    def _oom_killed(self, exit_code: int, look_again: bool = False) -> bool:
+        """Docker's OOM flag (for OOM_FLAG_WAIT_S more if `look_again`). A clean exit needs no look."""
         if exit_code == 0:
             return False
-        killed_here = self._timed_out.is_set() or self._cancelled.is_set() or self._killed_for_output
         start = time.monotonic()
-        deadline = start + (OOM_FLAG_WAIT_S if exit_code == SIGKILLED and not killed_here else 0)
+        deadline = start + (OOM_FLAG_WAIT_S if look_again else 0)
         looks = 1
         while not self._api.inspect_container(self.container_id)["State"].get("OOMKilled"):
             if time.monotonic() >= deadline:

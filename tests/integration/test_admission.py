@@ -47,7 +47,7 @@ def parts(tmp_path: Path, postgres: PostgresServer, redis_server: RedisServer) -
     p.close()
 
 
-def test_a_refused_submit_leaves_no_job_no_output_and_no_place(parts: Parts) -> None:
+def test_a_refused_submit_leaves_no_job_and_no_place(parts: Parts) -> None:
     with pytest.raises(QueueFull):
         parts.jobs.submit(SPEC)
     assert parts.store.unfinished_jobs() == []

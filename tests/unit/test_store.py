@@ -499,6 +499,9 @@ def test_a_claim_sent_again_finds_its_own_and_no_one_elses(store: Store) -> None
     store.save_job(job("j1", status=Status.QUEUED), SPEC)
     assert store.claim_job("j1", "worker-a", now=1234.0, client="acme", limit=1)
     assert store.claim_job("j1", "worker-a", now=1234.0, client="acme", limit=1)  # not counted as its own limit
+    store.save_job(job("j0", status=Status.QUEUED), SPEC)
+    assert store.claim_job("j0", "worker-c", now=1.0)  # a worker with no limit: acme runs two now
+    assert store.claim_job("j1", "worker-a", now=1234.0, client="acme", limit=1)  # its own, whatever the count
     assert not store.claim_job("j1", "worker-a", now=1235.0)  # a later claim of this worker is another claim
     assert not store.claim_job("j1", "worker-b", now=1234.0)
     store.save_job(job("j2", status=Status.QUEUED), SPEC)
@@ -518,7 +521,9 @@ def test_a_claim_whose_answer_is_lost_with_its_connection_still_claims_the_job(
 ) -> None:
     url = urlsplit(postgres.new_database())
     cutter = ReplyCutter(postgres.port)
-    store = Store(url._replace(netloc=url.netloc.replace(f":{postgres.port}", f":{cutter.port}")).geturl())
+    store = Store(
+        database_url(url._replace(netloc=url.netloc.replace(f":{postgres.port}", f":{cutter.port}")).geturl(), tmp_path)
+    )
     try:
         store.save_job(job("j1", status=Status.QUEUED), SPEC)
         cutter.cut_next_reply()  # the claim is committed; its connection drops before the answer
@@ -534,9 +539,12 @@ def test_a_refused_job_is_withdrawn_unless_a_worker_claimed_it(store: Store) -> 
     store.save_job(job("j1", status=Status.QUEUED), SPEC)
     store.save_job(job("j2", status=Status.QUEUED), SPEC)
     assert store.claim_job("j2", "w", now=1.0)
-    assert store.withdraw_queued("j1")
+    assert store.withdraw_unstarted("j1")
     assert store.get_job("j1") is None and spec_of(store, "j1") is None
-    assert store.withdraw_queued("j1")  # sent again: it is gone
-    assert not store.withdraw_queued("j2")
+    assert store.withdraw_unstarted("j1")  # sent again: it is gone
+    assert not store.withdraw_unstarted("j2")
+    store.save_job(job("j3", status=Status.QUEUED), SPEC)
+    store.end_unfinished("j3", Status.CANCELLED, "cancelled while queued")
+    assert store.withdraw_unstarted("j3") and store.get_job("j3") is None  # it never started
     assert store.get_job("j2").status is Status.RUNNING  # type: ignore[union-attr]
     assert spec_of(store, "j2") == SPEC
