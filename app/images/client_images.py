@@ -41,6 +41,7 @@ class BuildHooks:
 
 
 BASE_ID_TTL_S = 1.0
+KNOWN_TTL_S = 30.0  # how long a dependency image found current is trusted while the pool holds a container of it
 # The legacy builder names each RUN step's container: a cancel or a timeout kills it, and the build fails at once.
 STEP_CONTAINER = re.compile(r"\s*---> Running in ([0-9a-f]{12,64})\s*$")
 # Build lines that tell a user nothing: layer ids, cleanup, and the steps that only set labels or the user.
@@ -112,6 +113,7 @@ class ClientImages:
         self._environments: dict[str, ImageEnvironment] = {}
         self._base_seen: tuple[str, float] | None = None
         self._tagged: dict[str, str] = {}  # client tag -> base id it was seen to name
+        self._known: dict[str, tuple[str, str, float]] = {}  # client tag -> (base id, image id, when found current)
 
     def environment(self, client: docker.DockerClient, labels: dict[str, str]) -> ImageEnvironment:
         """What the base image's Python provides, asked of the image itself once per base image id."""
@@ -133,12 +135,19 @@ class ClientImages:
         client_name: str,
         requirements: tuple[str, ...],
         hooks: BuildHooks,
+        held: Callable[[str], bool] = lambda image_id: False,
     ) -> tuple[str, bool]:
         """Make sure `tag` exists, built from the current base with `requirements`; (image id, built now).
+
+        `held(image_id)`: a container of that image exists now (one waiting in the pool). A dependency image found
+        current less than KNOWN_TTL_S ago, from the same base, is then taken without asking Docker again: the
+        container keeps the image from being removed (an image inspect, ~2 ms, on every run otherwise).
 
         :raises BuildFailed: details name the failing requirement (if known) and carry the log tail.
         """
         base_id = self.base_id(client)
+        if requirements and (image_id := self._held_and_current(tag, base_id, held)):
+            return image_id, False
         with self._lock_for(tag):
             if not requirements:  # the client's tag names the base image itself: every pool of it is shared
                 if self._tagged.get(tag) != base_id:
@@ -146,7 +155,16 @@ class ClientImages:
                     self._tagged[tag] = base_id
                 return base_id, False
             with self._host_lock(tag):
-                return self._build_unless_current(client, tag, base_id, client_name, requirements, hooks)
+                image_id, built = self._build_unless_current(client, tag, base_id, client_name, requirements, hooks)
+            self._known[tag] = (base_id, image_id, time.monotonic())
+            return image_id, built
+
+    def _held_and_current(self, tag: str, base_id: str, held: Callable[[str], bool]) -> str | None:
+        """The image id `tag` was found to name lately, from `base_id`, if a container of it is `held`."""
+        known = self._known.get(tag)
+        if known is None or known[0] != base_id or time.monotonic() - known[2] >= KNOWN_TTL_S:
+            return None
+        return known[1] if held(known[1]) else None
 
     def _build_unless_current(
         self,

@@ -177,8 +177,9 @@ class JobRunner:
         began = time.monotonic()
         try:
             image_id, built = self._client_images.ensure(
-                docker, tag=tag, client_name=spec.client, requirements=requirements, hooks=hooks
-            )
+                docker, tag=tag, client_name=spec.client, requirements=requirements, hooks=hooks,
+                held=self._pool.holds,
+            )  # fmt: skip
         except BuildFailed:
             self._metrics.builds.labels("failed").inc()
             raise

@@ -177,6 +177,11 @@ class WarmPool:
         for run in stale:
             run.remove()
 
+    def holds(self, image_id: str) -> bool:
+        """A container of `image_id` waits in the pool now (so the image cannot be removed)."""
+        with self._lock:
+            return bool(self._ready.get(image_id))
+
     def container_ids(self) -> set[str]:
         """The containers waiting in the pool now."""
         with self._lock:
