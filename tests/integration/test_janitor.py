@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import os
@@ -89,10 +90,22 @@ def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.Doc
 
 
 def _kill_second_engine() -> None:
-    """The engine dies at once (SIGKILL): open connections break, new ones are refused, as on a host's crash."""
+    """The engine dies at once (SIGKILL): open connections break, new ones are refused, as on a host's crash.
+
+    Its containerd dies with it (dockerd starts it with a parent-death signal), and the test waits until both
+    are gone (reaped, not zombies): a dockerd started while the old containerd's pid still exists waits for its
+    socket and gives up (seen once in CI), and one started while the old dockerd's does refuses its pid file.
+    """
     pid = int(Path("/var/run/runner-docker2.pid").read_text())
+    containerd = Path("/var/run/runner-docker2/containerd/containerd.pid")
+    pids = [pid] + ([int(containerd.read_text())] if containerd.exists() else [])
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=60)
+    for p in pids:
+        assert wait_until(functools.partial(_gone, p), timeout=60), f"process {p} of the second engine lives on"
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
 
 
 def _start_second_engine() -> None:
