@@ -298,6 +298,9 @@ class Store:
             index_elements=["job_id"], set_={"spec": upsert_spec.excluded.spec, "files": upsert_spec.excluded.files}
         )
         self._claim = _claim()
+        running = jobs.c.status == Status.RUNNING.value
+        held, own = (sa.func.coalesce(sa.func.sum(sa.case((c, 1), else_=0)), 0) for c in (running, _own_claim()))
+        self._running_of_client = sa.select(held, own).where(jobs.c.client == sa.bindparam("b_client"), running)
         self._claim_and_read: sa.Select[Any] | None = None
         self._claim_alone: sa.Select[Any] | None = None
         if self._engine.dialect.name == "postgresql":  # SQLite has no UPDATE in WITH
@@ -544,12 +547,7 @@ class Store:
         with self._transaction() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(726502, hashtext(:c))"), {"c": client})
-            running = jobs.c.status == Status.RUNNING.value
-            own = sa.and_(
-                jobs.c.id == claim["b_id"], jobs.c.worker == claim["c_worker"], jobs.c.started_at == claim["c_at"]
-            )
-            counts = sa.select(*[sa.func.coalesce(sa.func.sum(sa.case((c, 1), else_=0)), 0) for c in (running, own)])
-            held, done = conn.execute(counts.where(jobs.c.client == client, running)).one()
+            held, done = conn.execute(self._running_of_client, {**claim, "b_client": client}).one()
             yield conn if done or held < limit else None
 
     def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
@@ -832,12 +830,19 @@ def _claim(*conditions: sa.ColumnElement[bool]) -> sa.Update:
     job. `_retry` sends it again when the connection dropped, and the first may have been committed before: without
     this the job would stay `running` on a worker that believes it lost the claim.
     """
+    queued = sa.and_(jobs.c.status == Status.QUEUED.value, *conditions)
+    running = {"status": Status.RUNNING.value, "worker": sa.bindparam("c_worker"), "started_at": sa.bindparam("c_at")}
+    return sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), sa.or_(queued, _own_claim())).values(running)
+
+
+def _own_claim() -> sa.ColumnElement[bool]:
+    """Job `b_id` running on worker `c_worker` since `c_at`: what a claim (see _claim) made of it."""
     worker: sa.BindParameter[str] = sa.bindparam("c_worker")
     at: sa.BindParameter[float] = sa.bindparam("c_at")
-    mine = sa.and_(jobs.c.status == Status.RUNNING.value, jobs.c.worker == worker, jobs.c.started_at == at)
-    queued = sa.and_(jobs.c.status == Status.QUEUED.value, *conditions)
-    running = {"status": Status.RUNNING.value, "worker": worker, "started_at": at}
-    return sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"), sa.or_(queued, mine)).values(running)
+    return sa.and_(
+        jobs.c.id == sa.bindparam("b_id"), jobs.c.status == Status.RUNNING.value, jobs.c.worker == worker,
+        jobs.c.started_at == at,
+    )  # fmt: skip
 
 
 def _claim_reading(claim: sa.Update) -> sa.Select[Any]:
