@@ -28,6 +28,7 @@ from app.metrics import Metrics
 from app.models import Artifact, Limits, Program, RunOutcome, Usage
 from app.sandbox.agent import CHUNK as AGENT_CHUNK
 from app.sandbox.agent import NONCE_SIZE
+from app.sandbox.container_calls import container_calls
 from app.sandbox.docker_gateway import DOCKER_ERRORS, close_socket, translated
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ class Run:
         metrics: Metrics | None = None,
     ) -> None:
         self._api = client.api
+        self._calls = container_calls(client.api)
         self._metrics = metrics
         self._removed = False
         self._limits = limits
@@ -279,7 +281,7 @@ class Run:
         self._usage_at_kill: Usage | None = None  # what Docker counted just before the service killed it
         self._artifacts = ArtifactCollector(policy.max_artifacts, policy.max_artifact_bytes)
         with translated(SandboxError, "Docker could not create the container"):
-            self.container_id: str = self._api.create_container(
+            self.container_id = self._calls.create(
                 image,
                 command=AGENT_COMMAND,
                 user=f"{SANDBOX_UID}:{SANDBOX_GID}",
@@ -289,7 +291,7 @@ class Run:
                 labels=policy.labels(**labels),
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": WORKDIR},
                 host_config=hardened_host_config(self._api, limits, policy),
-            )["Id"]
+            )
         if metrics is not None:
             metrics.containers_created.inc()
 
@@ -311,11 +313,9 @@ class Run:
             if self._cancelled.is_set() or self._sock is not None:
                 return
             with translated(SandboxError, "Docker could not attach to the container"):
-                sock = self._api.attach_socket(
-                    self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-                )
+                sock = self._calls.attach(self.container_id)
             try:
-                self._api.start(self.container_id)
+                self._calls.start(self.container_id)
                 _send_all(sock, agent_preamble())
             except (*DOCKER_ERRORS, OSError) as e:
                 close_socket(sock)
@@ -346,7 +346,7 @@ class Run:
                 if trailer is not None and trailer.exited:
                     self._reported = self._outcome(trailer.code, oom=False, usage=trailer.usage)
                     return self._reported
-                exit_code = self._api.wait(self.container_id, timeout=60)["StatusCode"]
+                exit_code = self._calls.wait(self.container_id, timeout_s=60)
                 watchdog.cancel()  # it has ended: no kill to send while Docker's flags are read
                 return self._judge(exit_code, trailer)
         finally:
@@ -366,7 +366,7 @@ class Run:
         if self._sock is not None:
             close_socket(self._sock)
         try:
-            exit_code = self._api.wait(self.container_id, timeout=10)["StatusCode"]
+            exit_code = self._calls.wait(self.container_id, timeout_s=10)
             actual = dataclasses.replace(reported, exit_code=exit_code, oom_killed=self._oom_killed(exit_code))
         except DOCKER_ERRORS:
             log.warning("could not confirm the exit of container %s with Docker", self.container_id[:12], exc_info=True)
@@ -484,7 +484,7 @@ class Run:
             return
         for attempt in range(3):
             try:
-                self._api.remove_container(self.container_id, force=True, v=True)
+                self._calls.remove(self.container_id)
             except docker.errors.NotFound:
                 pass
             except DOCKER_ERRORS:

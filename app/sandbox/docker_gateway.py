@@ -68,19 +68,20 @@ def exec_output(api: docker.APIClient, exec_id: str) -> Iterator[Iterator[tuple[
         close_socket(sock)
 
 
-class _OnePoolUnixAdapter(UnixHTTPAdapter):  # type: ignore[misc]  # docker-py has no type hints
+class OnePoolUnixAdapter(UnixHTTPAdapter):  # type: ignore[misc]  # docker-py has no type hints
     """docker-py's unix socket adapter, with one keep-alive pool for every URL.
 
     docker-py keys its pools by the whole URL, and every container has its own URLs: each start, wait and remove
     then opened a new connection (and dropped an old pool's) for one request. One pool reuses the connections.
     """
 
+    ONE_URL = "http+docker://localhost"
     closed = False
 
     def get_connection(self, url: str, proxies: Any = None) -> Any:
         if self.closed:  # a late caller (a cleanup after shutdown) would open a connection nobody closes
             raise requests.ConnectionError(CLOSED)
-        return super().get_connection("http+docker://localhost", proxies)
+        return super().get_connection(self.ONE_URL, proxies)
 
     def close(self) -> None:
         self.closed = True
@@ -92,7 +93,7 @@ def _reuse_connections(client: docker.DockerClient) -> None:
     api = client.api
     old = api.adapters.get("http+docker://")
     if type(old) is UnixHTTPAdapter:
-        new = _OnePoolUnixAdapter(f"http+unix://{old.socket_path}", old.timeout, max_pool_size=old.max_pool_size)
+        new = OnePoolUnixAdapter(f"http+unix://{old.socket_path}", old.timeout, max_pool_size=old.max_pool_size)
         api.mount("http+docker://", new)
         old.close()
 

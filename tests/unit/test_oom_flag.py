@@ -7,7 +7,7 @@ made to send it late on demand; the real OOM runs are in tests/integration/test_
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import docker
 
@@ -18,13 +18,20 @@ from app.sandbox.container import Run, SandboxPolicy
 class LateFlag:
     """inspect_container says OOMKilled only from its `late`-th call on."""
 
+    _version, timeout = "1.41", 60
+    adapters: ClassVar[dict[str, object]] = {}  # no unix socket adapter: docker-py's own calls
+    headers: ClassVar[dict[str, str]] = {}
+
     def __init__(self, late: int) -> None:
         self.late, self.looks = late, 0
 
     def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
         return kwargs
 
-    def create_container(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+    def create_container_config(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    def create_container_from_config(self, config: dict[str, Any]) -> dict[str, str]:
         return {"Id": "c0ffee"}
 
     def inspect_container(self, container_id: str) -> dict[str, Any]:
