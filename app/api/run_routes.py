@@ -9,7 +9,7 @@ from flask import Response, jsonify, request, url_for
 from app.api.auth import client_for
 from app.api.events import NDJSON, event_lines
 from app.api.parsing import check_size, load, parse_flag, read_uploads, run_spec
-from app.api.schemas import RunFormSchema, RunJsonSchema, job_schema
+from app.api.schemas import job_schema, run_form_schema, run_json_schema
 from app.errors import UnsupportedMediaType, ValidationFailed
 from app.jobs.service import JobService
 from app.logs import bind
@@ -59,7 +59,7 @@ def run_json() -> Response:
         raise ValidationFailed("The JSON body is nested too deeply.") from e
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.")
-    fields = load(RunJsonSchema(), body)
+    fields = load(run_json_schema, body)
     svc = services()
     name = fields["script_name"]
     files = {name: check_size(name, fields["code"].encode(), svc.settings)}
@@ -107,7 +107,7 @@ def run_file() -> Response:
         raise ValidationFailed(
             "Unknown file fields; send files as `files[]`.", details={k: ["Unknown field."] for k in unknown_files}
         )
-    fields = load(RunFormSchema(), request.form.to_dict())
+    fields = load(run_form_schema, request.form.to_dict())
     svc = services()
     files = read_uploads(request.files.getlist("files[]"), svc.settings)
     client = client_for(fields.get("client"))
