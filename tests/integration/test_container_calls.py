@@ -6,7 +6,9 @@ docker-py client (any other adapter: docker-py's own calls).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -123,3 +125,24 @@ def test_the_direct_calls_keep_their_connections_alive_and_stop_with_the_gateway
     gateway.close()
     with pytest.raises(requests.ConnectionError, match="shutting down"):
         calls.remove("0" * 64)
+
+
+def test_a_docker_cli_configs_proxies_never_reach_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient, base_image: str
+) -> None:
+    """docker-py's create_container copies a CLI config's proxy settings into the container's environment."""
+    proxy = "http://proxy.internal.example:3128"
+    (tmp_path / "config.json").write_text(json.dumps({"proxies": {"default": {"httpProxy": proxy}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    gateway = DockerGateway()
+    try:
+        api = gateway.client.api
+        assert api._proxy_configs.http == proxy  # docker-py read it
+        cid = _create(container_calls(api), base_image, ["true"])
+        try:
+            env = docker_client.api.inspect_container(cid)["Config"]["Env"]
+        finally:
+            container_calls(api).remove(cid)
+    finally:
+        gateway.close()
+    assert not [v for v in env if "proxy" in v.lower()]
