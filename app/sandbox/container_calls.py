@@ -12,7 +12,6 @@ APIError or NotFound; a broken connection or a time-out is the requests error do
 from __future__ import annotations
 
 import json
-import weakref
 from typing import Any
 
 import docker
@@ -44,8 +43,7 @@ class ContainerCalls:
         if self._adapter is None:
             return str(self._api.create_container_from_config(body)["Id"])
         data = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
-        reply = self._send("POST", "/create", data)
-        return str(json.loads(reply.data)["Id"])
+        return str(_json(self._send("POST", "/create", data))["Id"])
 
     def attach(self, container_id: str) -> Any:
         """The container's stdin, stdout and stderr as one socket (docker-py's attach_socket)."""
@@ -68,7 +66,7 @@ class ContainerCalls:
         """The container's exit code once it has stopped."""
         if self._adapter is None:
             return int(self._api.wait(container_id, timeout=timeout_s)["StatusCode"])
-        return int(json.loads(self._send("POST", f"/{container_id}/wait", timeout_s=timeout_s).data)["StatusCode"])
+        return int(_json(self._send("POST", f"/{container_id}/wait", timeout_s=timeout_s))["StatusCode"])
 
     def remove(self, container_id: str) -> None:
         """Remove the container and its anonymous volumes, killing it first if it runs."""
@@ -93,10 +91,11 @@ class ContainerCalls:
         if body is not None:
             sent["Content-Type"] = "application/json"
         seconds = self._api.timeout if timeout_s is None else timeout_s
+        url = self._prefix + path
         try:
             reply = pool.urlopen(
                 method,
-                self._prefix + path,
+                url,
                 body=body,
                 headers=sent,
                 retries=RETRIES,
@@ -105,33 +104,40 @@ class ContainerCalls:
                 preload_content=not keep,
                 release_conn=not keep,
             )
+            if reply.status >= 400:
+                raise _refusal(method, url, reply)  # an attach's refusal is read here: its errors are mapped too
         except ReadTimeoutError as e:
             raise requests.ReadTimeout(e) from e
         except HTTPError as e:
             raise requests.ConnectionError(e) from e
-        if reply.status >= 400:
-            raise _refusal(method, path, reply)
         return reply
 
 
-def _refusal(method: str, path: str, reply: Any) -> docker.errors.APIError:
-    """Docker's refusal as docker-py raises it: NotFound for a 404, else APIError, with Docker's message."""
+def _json(reply: Any) -> Any:
+    """A reply's JSON body. :raises docker.errors.DockerException: not JSON (docker-py's was a requests error)."""
+    try:
+        return json.loads(reply.data)
+    except ValueError as e:
+        raise docker.errors.DockerException(f"Docker's answer is not JSON: {reply.data[:200]!r}") from e
+
+
+def _refusal(method: str, url: str, reply: Any) -> docker.errors.APIError:
+    """Docker's refusal as docker-py raises it (ImageNotFound, NotFound for a 404, else APIError), with its words."""
     data = reply.data if reply.data is not None else reply.read()
     reply.close()
     try:
         explanation = str(json.loads(data)["message"])
     except (ValueError, KeyError, TypeError):
         explanation = data.decode(errors="replace").strip()
-    kind = docker.errors.NotFound if reply.status == 404 else docker.errors.APIError
-    return kind(f"{reply.status} {reply.reason} for {method} {path}", explanation=explanation)
-
-
-_calls: weakref.WeakKeyDictionary[docker.APIClient, ContainerCalls] = weakref.WeakKeyDictionary()
+    kind = docker.errors.APIError
+    if reply.status == 404:
+        kind = docker.errors.ImageNotFound if "no such image" in explanation.lower() else docker.errors.NotFound
+    return kind(f"{reply.status} {reply.reason} for {method} {url}", explanation=explanation)
 
 
 def container_calls(api: docker.APIClient) -> ContainerCalls:
-    """The ContainerCalls of `api`, made once."""
-    calls = _calls.get(api)
-    if calls is None:
-        calls = _calls[api] = ContainerCalls(api)
+    """The ContainerCalls of `api`, made once and kept on it (they go together: a cycle the collector frees)."""
+    calls = getattr(api, "_runner_container_calls", None)
+    if not isinstance(calls, ContainerCalls):
+        calls = api._runner_container_calls = ContainerCalls(api)
     return calls

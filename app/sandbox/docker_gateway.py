@@ -49,6 +49,9 @@ def close_socket(sock: Any) -> None:
     response = getattr(sock, "_response", None)  # the HTTP response docker-py took the socket from
     if response is not None:
         response.close()
+        release = getattr(response, "release_conn", None)  # urllib3's (requests' own close releases it)
+        if release is not None:
+            release()  # back to its pool, closed: the pool opens a new connection in its place
     sock.close()
     if raw is not None:
         raw.close()

@@ -6,7 +6,9 @@ docker-py client (any other adapter: docker-py's own calls).
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,7 +93,9 @@ def test_dockers_refusals_are_docker_pys_errors_with_dockers_words(calls: Contai
         calls.remove("0" * 64)
     with pytest.raises(docker.errors.NotFound):
         calls.start("0" * 64)
-    with pytest.raises(docker.errors.NotFound, match=r"(?i)no such image"):
+    with pytest.raises(docker.errors.NotFound, match="No such container"):
+        calls.attach("0" * 64)
+    with pytest.raises(docker.errors.ImageNotFound, match=r"(?i)no such image"):
         _create(calls, "datapane-no-such-image:never", ["true"])
     with pytest.raises(docker.errors.APIError) as refused:
         calls.create(base_image, {"Memory": 1024}, command=["true"])  # Docker's minimum is 6 MB
@@ -122,6 +126,12 @@ def test_the_direct_calls_keep_their_connections_alive_and_stop_with_the_gateway
         calls.remove(cid)
     pool = api.adapters["http+docker://"].get_connection("http+docker://localhost")
     assert pool.num_connections <= 2  # 12 calls, one after the other
+    slots = pool.pool.qsize()
+    for _ in range(3):  # an attach takes its connection for good (hijacked); closing it gives the pool its slot back
+        cid = _create(calls, base_image, ["true"])
+        close_socket(calls.attach(cid))
+        calls.remove(cid)
+    assert pool.pool.qsize() == slots
     gateway.close()
     with pytest.raises(requests.ConnectionError, match="shutting down"):
         calls.remove("0" * 64)
@@ -146,3 +156,14 @@ def test_a_docker_cli_configs_proxies_never_reach_the_sandbox(
     finally:
         gateway.close()
     assert not [v for v in env if "proxy" in v.lower()]
+
+
+def test_each_client_gets_its_calls_once_and_they_go_with_it() -> None:
+    api = docker.APIClient(base_url="unix:///var/run/docker.sock")
+    calls = container_calls(api)
+    assert container_calls(api) is calls
+    api.close()
+    gone = weakref.ref(api)
+    del api, calls
+    gc.collect()
+    assert gone() is None
