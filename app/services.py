@@ -145,7 +145,7 @@ class Services:
         s = self.settings
         return JobService(
             self.store, self.outputs, self.executor, retention_s=s.retention_s, client_max_jobs=s.client_max_jobs,
-            draining=self.draining,
+            keep_specs=self.distributed, draining=self.draining,
         )  # fmt: skip
 
     @cached_property

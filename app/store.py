@@ -280,7 +280,7 @@ class Store:
             .offset(sa.bindparam("b_keep"))
             .limit(1)
         )
-        self._save_queued: sa.Select[Any] | None = None
+        self._save_queued: tuple[sa.Select[Any], sa.Select[Any]] | None = None  # without the spec, with it
         if self._engine.dialect.name == "postgresql":  # SQLite has no INSERT in WITH
             new_job = sa.insert(jobs).values({c.name: sa.bindparam(f"j_{c.name}", type_=c.type) for c in jobs.c})
             new_spec = sa.insert(specs).values(
@@ -290,9 +290,8 @@ class Store:
             )
             first_beyond = self._first_beyond.cte("first_beyond")  # read once, for both columns
             beyond = [sa.select(first_beyond.c[c]).scalar_subquery() for c in ("created_at", "id")]
-            self._save_queued = (
-                self._unfinished.add_columns(*beyond).add_cte(new_job.cte("new_job")).add_cte(new_spec.cte("new_spec"))
-            )
+            bare = self._unfinished.add_columns(*beyond).add_cte(new_job.cte("new_job"))
+            self._save_queued = (bare, bare.add_cte(new_spec.cte("new_spec")))
         upsert_spec = self._insert(specs)
         self._upsert_spec = upsert_spec.on_conflict_do_update(
             index_elements=["job_id"], set_={"spec": upsert_spec.excluded.spec, "files": upsert_spec.excluded.files}
@@ -333,8 +332,8 @@ class Store:
             text, files = _dump_spec(spec)
             self._run(self._upsert_spec, {"job_id": job.id, "spec": text, "files": files})
 
-    def save_queued(self, job: Job, spec: RunSpec, keep: int) -> tuple[int, int] | None:
-        """Insert a new queued job and its spec, after its client's finished jobs beyond the `keep` newest go.
+    def save_queued(self, job: Job, spec: RunSpec | None, keep: int) -> tuple[int, int] | None:
+        """Insert a new queued job and its spec (None: none kept), after its client's jobs beyond the `keep` newest go.
 
         purge_beyond, then the insert; on PostgreSQL, the unfinished jobs are also counted, this one included. One
         statement there when nothing is to be purged (everyone's count and the client's, what a distributed
@@ -345,10 +344,14 @@ class Store:
             self.purge_beyond(job.client, keep)
             self.save_job(job, spec)
             return None
-        text, files = _dump_spec(spec)
         params = {f"j_{k}": v for k, v in {**_job_values(job), "spec": None}.items()}
-        params.update(s_spec=text, s_files=files, b_client=job.client, b_keep=keep)
-        total, mine, beyond_at, beyond_id = self._rows(self._save_queued, params)[0]
+        params.update(b_client=job.client, b_keep=keep)
+        statement = self._save_queued[0]
+        if spec is not None:
+            text, files = _dump_spec(spec)
+            params.update(s_spec=text, s_files=files)
+            statement = self._save_queued[1]
+        total, mine, beyond_at, beyond_id = self._rows(statement, params)[0]
         if beyond_id is not None:  # found as the tables were before the insert: as purge_beyond run first finds it
             try:
                 self._purge_from(job.client, beyond_at, beyond_id)

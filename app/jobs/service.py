@@ -33,8 +33,16 @@ class JobService:
         *,
         retention_s: float,
         client_max_jobs: int,
+        keep_specs: bool,
         draining: threading.Event | None = None,
     ) -> None:
+        """Jobs go to `executor`, live output to `outputs`, records to `store`.
+
+        `keep_specs`: store each queued job's spec (its files, stdin, args and env), for workers elsewhere that
+        read it from the store (the distributed mode). The in-process executor is handed it in memory, so the
+        embedded mode never writes it: a script's variables, which may be secrets, never reach the disk there.
+        """
+        self._keep_specs = keep_specs
         self._draining = draining or threading.Event()
         self._store = store
         self._outputs = outputs
@@ -58,7 +66,8 @@ class JobService:
             webhook=WebhookState("pending") if spec.callback_url else None,
         )  # fmt: skip
         # A worker elsewhere reads the spec from the store; the client's oldest jobs go (it cannot fill the disk).
-        unfinished = self._store.save_queued(job, spec, keep=self._client_max_jobs)
+        stored = spec if self._keep_specs else None
+        unfinished = self._store.save_queued(job, stored, keep=self._client_max_jobs)
         self._outputs.open(job.id)  # live output exists from now until the job's record is final
         try:
             self._executor.submit(job.id, spec, unfinished)

@@ -32,7 +32,7 @@ class Parts:
         outputs = RedisOutputs(self.conn, ttl_s=60)
         # No job is admitted: each submit is refused by the per-client bound.
         self.executor = RqJobExecutor(self.conn, self.store, outputs, queue_size=10, client_limit=0, rq_timeout_s=60)
-        self.jobs = JobService(self.store, outputs, self.executor, retention_s=60, client_max_jobs=10)
+        self.jobs = JobService(self.store, outputs, self.executor, retention_s=60, client_max_jobs=10, keep_specs=True)
 
     def close(self) -> None:
         self.conn.flushdb()

@@ -106,7 +106,7 @@ def test_a_record_is_carried_as_the_store_keeps_it(bus: OutputBus) -> None:
 
 def test_a_record_carried_for_another_job_is_ignored_and_the_store_answers(tmp_path: Path) -> None:
     store, hub = Store(tmp_path / "runner.sqlite3"), OutputHub()
-    jobs = JobService(store, hub, cast(JobExecutor, None), retention_s=60, client_max_jobs=10)
+    jobs = JobService(store, hub, cast(JobExecutor, None), retention_s=60, client_max_jobs=10, keep_specs=False)
     mine = finished_job("carried0000000000000007")
     store.save_job(mine)
     running = dataclasses.replace(mine, status=Status.RUNNING, exit_code=None, finished_at=None)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,6 +85,25 @@ def test_env_values_are_never_returned_nor_kept(api: Api) -> None:
     store = api.app.extensions[EXTENSION].store
     found = store.get_job_and_spec(job_id)
     assert found is not None and found[1] is None  # the spec, with its variables, went when the job ended
+
+
+def test_in_the_embedded_mode_a_scripts_variables_never_reach_the_disk(api: Api) -> None:
+    """The in-process executor is handed the spec: the store never holds it, not even while the job runs."""
+    secret = "disk-must-never-see-" + "x" * 16
+    r = api.run_json(["import time", "time.sleep(1)", "print('ok')"], query="?async=1", env={"TOKEN": secret})
+    job_id = r.json["job_id"]
+    svc = api.app.extensions[EXTENSION]
+    while True:
+        found = svc.store.get_job_and_spec(job_id)
+        assert found is not None and found[1] is None, found[0].status  # queued, running and ended alike
+        if found[0].status.finished:
+            break
+        time.sleep(0.05)
+    assert found[0].status.value == "succeeded"
+    data_dir = Path(svc.settings.data_dir)
+    for path in data_dir.rglob("*"):  # the database, its write-ahead log, anything else the service wrote
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
 
 
 def test_run_file_takes_the_same_fields_as_form_fields(api: Api) -> None:

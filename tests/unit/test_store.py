@@ -254,6 +254,14 @@ def test_a_new_queued_job_is_saved_with_its_spec_and_counted_with_the_unfinished
     assert store.count_unfinished("acme") == (2, 1)
 
 
+def test_a_queued_job_whose_spec_nobody_reads_is_saved_without_it(store: Store) -> None:
+    store.save_job(job("r1", client="bob", status=Status.RUNNING))
+    counts = store.save_queued(job("q1", status=Status.QUEUED), None, keep=10)
+    assert store.get_job_and_spec("q1") == (job("q1", status=Status.QUEUED), None)
+    assert spec_of(store, "q1") is None
+    assert counts == ((2, 1) if store._engine.dialect.name == "postgresql" else None)
+
+
 def test_a_queued_job_is_claimed_once_and_records_its_worker(store: Store) -> None:
     store.save_job(job("j1", status=Status.QUEUED), SPEC)
     assert store.claim_job("j1", "worker-a", now=1234.0)
