@@ -213,6 +213,7 @@ def _probe(client: docker.DockerClient, base_id: str, labels: dict[str, str]) ->
     with translated(DockerUnavailable, what):
         container = client.api.create_container(
             base_id, command=["python", "-I", "-c", PROBE], network_disabled=True, labels=labels,
+            use_config_proxy=False,  # nothing of the host's Docker CLI config
             host_config=client.api.create_host_config(network_mode="none", read_only=True, cap_drop=["ALL"]),
         )  # fmt: skip
     try:

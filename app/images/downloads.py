@@ -120,7 +120,8 @@ class _DownloadBox:
                 command=["sleep", str(int(max(request.deadline - time.monotonic(), 1)) + 30)],
                 user=f"{SANDBOX_UID}:{SANDBOX_GID}",
                 working_dir="/tmp",
-                environment=env,
+                environment=env,  # only these: not the proxies of a Docker CLI config on the host
+                use_config_proxy=False,
                 labels=labels,
                 host_config=self._api.create_host_config(
                     network_mode="host",  # the index may be on the engine host's loopback

@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from app.errors import BuildFailed
-from app.images.downloads import DownloadRequest, download_wheels
+from app.images.downloads import DownloadRequest, _DownloadBox, download_wheels
 from app.images.wheels import wheel_platforms
 from app.sandbox.container import LABEL
 from app.services import EXTENSION
@@ -129,6 +129,26 @@ def test_pip_in_the_download_container_cannot_reach_a_host_folder(planted, base_
             )  # fmt: skip
     assert not marker.exists()
     assert not docker_client.api.containers(all=True, filters={"label": f"{LABEL}.test"})
+
+
+def test_the_download_container_gets_the_index_settings_and_not_the_hosts_docker_proxies(
+    base_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config.json").write_text('{"proxies": {"default": {"httpsProxy": "http://proxy.internal:3128"}}}')
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))  # a Docker CLI config on the service's host
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    client = docker.from_env()
+    try:
+        request = DownloadRequest(("six",), ("any",), budget_mb=16, deadline=time.monotonic() + 60)
+        box = _DownloadBox(client, base_image, request, {f"{LABEL}.test": "1"})
+        try:
+            env = client.api.inspect_container(box.container_id)["Config"]["Env"]
+        finally:
+            box.remove()
+    finally:
+        client.close()
+    assert "PIP_INDEX_URL=http://127.0.0.1:9/simple" in env
+    assert not [v for v in env if "proxy" in v.lower()], env
 
 
 def test_build_logs_name_no_host_path_and_no_index_url(deps_api, index_url: str) -> None:
