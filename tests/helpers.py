@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import docker
@@ -97,6 +99,19 @@ def containers_gone(client: docker.DockerClient, label: str, timeout: float = 10
             return False
         time.sleep(0.1)
     return True
+
+
+def host_docker_proxy(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A Docker CLI config with a proxy on the service's host (docker-py reads it when a client is made); the proxy."""
+    proxy = "http://proxy.internal.example:3128"
+    (config_dir / "config.json").write_text(json.dumps({"proxies": {"default": {"httpProxy": proxy}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+    return proxy
+
+
+def proxy_variables(env: list[str]) -> list[str]:
+    """The `NAME=value` entries of a container's environment that mention a proxy, in their name or value."""
+    return [v for v in env if "proxy" in v.lower()]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5) -> bool:

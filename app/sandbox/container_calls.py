@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import docker
 import docker.errors
@@ -23,7 +24,7 @@ from urllib3.util.retry import Retry
 
 from app.sandbox.docker_gateway import OnePoolUnixAdapter
 
-ATTACH_PARAMS = "stdin=1&stdout=1&stderr=1&stream=1"
+ATTACH_PARAMS = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}  # the script's input, its output, live
 RETRIES = Retry(0, read=False)  # what requests gives urllib3: a dropped idle connection is replaced, nothing resent
 
 
@@ -48,9 +49,8 @@ class ContainerCalls:
     def attach(self, container_id: str) -> Any:
         """The container's stdin, stdout and stderr as one socket (docker-py's attach_socket)."""
         if self._adapter is None:
-            params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            return self._api.attach_socket(container_id, params=params)
-        path = f"/{container_id}/attach?{ATTACH_PARAMS}"
+            return self._api.attach_socket(container_id, params=dict(ATTACH_PARAMS))
+        path = f"/{container_id}/attach?{urlencode(ATTACH_PARAMS)}"
         reply = self._send("POST", path, headers={"Connection": "Upgrade", "Upgrade": "tcp"}, keep=True)
         sock = reply._fp.fp.raw  # what docker-py hands out: the connection's raw socket, past the headers
         sock._response = reply  # closed with it (close_socket)
@@ -123,7 +123,7 @@ def _json(reply: Any) -> Any:
 
 def _refusal(method: str, url: str, reply: Any) -> docker.errors.APIError:
     """Docker's refusal as docker-py raises it (ImageNotFound, NotFound for a 404, else APIError), with its words."""
-    data = reply.data if reply.data is not None else reply.read()
+    data = reply.data or b""  # urllib3 reads a body not read yet (an attach's)
     reply.close()
     try:
         explanation = str(json.loads(data)["message"])

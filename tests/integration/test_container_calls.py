@@ -6,11 +6,12 @@ docker-py client (any other adapter: docker-py's own calls).
 
 from __future__ import annotations
 
+import functools
 import gc
-import json
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -22,6 +23,7 @@ from app.models import Limits
 from app.sandbox.container import WORKDIR, SandboxPolicy, hardened_host_config
 from app.sandbox.container_calls import ContainerCalls, container_calls
 from app.sandbox.docker_gateway import DOCKER_ERRORS, DockerGateway, close_socket
+from tests.helpers import host_docker_proxy, proxy_variables
 
 ECHO = ["python", "-c", "import sys; sys.stdout.write(sys.stdin.read().upper()); sys.exit(3)"]
 POLICY = SandboxPolicy(pids_limit=64, tmpfs_mb=16, max_output_bytes=0, instance="test-calls")
@@ -44,15 +46,19 @@ def calls(request: pytest.FixtureRequest, gateway: DockerGateway) -> Iterator[Co
     api.close()
 
 
-def _create(calls: ContainerCalls, image: str, command: list[str]) -> str:
+@functools.cache
+def _host_config() -> dict[str, Any]:
     api = docker.APIClient(base_url="unix:///var/run/docker.sock")
     try:
-        host_config = hardened_host_config(api, Limits(30, 128, 0.5), POLICY)
+        return hardened_host_config(api, Limits(30, 128, 0.5), POLICY)
     finally:
         api.close()
+
+
+def _create(calls: ContainerCalls, image: str, command: list[str]) -> str:
     return calls.create(
         image,
-        host_config,
+        _host_config(),
         command=command,
         user="1000:1000",
         working_dir=WORKDIR,
@@ -141,9 +147,7 @@ def test_a_docker_cli_configs_proxies_never_reach_the_sandbox(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient, base_image: str
 ) -> None:
     """docker-py's create_container copies a CLI config's proxy settings into the container's environment."""
-    proxy = "http://proxy.internal.example:3128"
-    (tmp_path / "config.json").write_text(json.dumps({"proxies": {"default": {"httpProxy": proxy}}}))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    proxy = host_docker_proxy(tmp_path, monkeypatch)
     gateway = DockerGateway()
     try:
         api = gateway.client.api
@@ -155,7 +159,7 @@ def test_a_docker_cli_configs_proxies_never_reach_the_sandbox(
             container_calls(api).remove(cid)
     finally:
         gateway.close()
-    assert not [v for v in env if "proxy" in v.lower()]
+    assert not proxy_variables(env), env
 
 
 def test_each_client_gets_its_calls_once_and_they_go_with_it() -> None:

@@ -17,7 +17,7 @@ from app.images.downloads import DownloadRequest, _DownloadBox, download_wheels
 from app.images.wheels import wheel_platforms
 from app.sandbox.container import LABEL
 from app.services import EXTENSION
-from tests.helpers import Api, wait_until
+from tests.helpers import Api, host_docker_proxy, proxy_variables, wait_until
 from tests.package_index import serve_index
 from tests.unit.test_deps import HOSTILE
 
@@ -134,8 +134,7 @@ def test_pip_in_the_download_container_cannot_reach_a_host_folder(planted, base_
 def test_the_download_container_gets_the_index_settings_and_not_the_hosts_docker_proxies(
     base_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "config.json").write_text('{"proxies": {"default": {"httpsProxy": "http://proxy.internal:3128"}}}')
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))  # a Docker CLI config on the service's host
+    host_docker_proxy(tmp_path, monkeypatch)
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     client = docker.from_env()
     try:
@@ -148,7 +147,7 @@ def test_the_download_container_gets_the_index_settings_and_not_the_hosts_docker
     finally:
         client.close()
     assert "PIP_INDEX_URL=http://127.0.0.1:9/simple" in env
-    assert not [v for v in env if "proxy" in v.lower()], env
+    assert not proxy_variables(env), env
 
 
 def test_build_logs_name_no_host_path_and_no_index_url(deps_api, index_url: str) -> None:

@@ -38,7 +38,7 @@ def calls_with(pool: StandInPool) -> ContainerCalls:
 
 
 def reply(status: int, data: bytes) -> SimpleNamespace:
-    return SimpleNamespace(status=status, reason="X", data=data, read=lambda: data, close=lambda: None)
+    return SimpleNamespace(status=status, reason="X", data=data, close=lambda: None)
 
 
 @pytest.mark.parametrize("body", [b"", b"<html>busy</html>", b'{"Id": '])
