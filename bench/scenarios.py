@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
 from typing import TypeVar
 
 import docker
@@ -26,6 +27,7 @@ INPUT_TARGET = 0.30
 BACK_TO_BACK_RUNS = 25
 THROUGHPUT_TARGET = 1.0
 THROUGHPUT_GATED_AT = 4
+THROUGHPUT_GATED_ROUNDS = 3  # A B B A rounds at the gated level: one round's ratio moves by ~5% with the machine
 DEPS_TARGET = 1.10
 RSS_TARGET_MB = 150.0
 
@@ -157,6 +159,20 @@ def _abba(
     return _merge(a1, a2), _merge(b1, b2)
 
 
+def _rounds(
+    task_a: Callable[[], object],
+    task_b: Callable[[], object],
+    threads: int,
+    half_s: float,
+    settle: Callable[[], None],
+    rounds: int,
+) -> tuple[Throughput, Throughput, list[float]]:
+    """`rounds` A B B A rounds: each side's runs over its time in all of them, and each round's ratio a / b."""
+    pairs = [_abba(task_a, task_b, threads, half_s, settle) for _ in range(rounds)]
+    ratios = [a.per_s / b.per_s if b.per_s else 0.0 for a, b in pairs]
+    return reduce(_merge, [a for a, _ in pairs]), reduce(_merge, [b for _, b in pairs]), ratios
+
+
 def _merge(x: Throughput, y: Throughput) -> Throughput:
     return Throughput(
         x.threads, x.done + y.done, x.errors + y.errors, x.elapsed_s + y.elapsed_s, x.first_error or y.first_error
@@ -167,17 +183,21 @@ def throughputs(b: Bench, report: Report) -> None:
     """Closed-loop runs per second at each concurrency, service vs floor, in A B B A order."""
     found = {}
     for threads in b.levels:
-        svc, fl = _abba(b.client.run, b.floor.run, threads, b.duration_s / 2, b.log.wait_idle)
         gated = threads == THROUGHPUT_GATED_AT
+        rounds = THROUGHPUT_GATED_ROUNDS if gated else 1
+        svc, fl, ratios = _rounds(b.client.run, b.floor.run, threads, b.duration_s / 2, b.log.wait_idle, rounds)
         passed = svc.per_s >= THROUGHPUT_TARGET * fl.per_s if gated else None
         target = f">= {THROUGHPUT_TARGET:.2f}x" if gated else ""
         report.add(
             Row(f"throughput, concurrency {threads}", svc.per_s, "runs/s", fl.per_s, target=target, passed=passed)
         )
+        if rounds > 1:
+            each = ", ".join(f"{r:.3f}x" for r in ratios)
+            report.notes.append(f"Throughput at concurrency {threads}: {rounds} A B B A rounds pooled; each: {each}.")
         for side, t in (("service", svc), ("floor", fl)):
             if t.errors:
                 report.notes.append(f"{side} at concurrency {threads}: {t.errors} failed runs, first: {t.first_error}")
-        found[threads] = {"service": vars(svc), "floor": vars(fl)}
+        found[threads] = {"service": vars(svc), "floor": vars(fl), "round_ratios": ratios}
     report.details["throughput"] = found
 
 
