@@ -53,6 +53,9 @@ LINGER_S = 30.0  # after the trailer: how long the agent waits for the service t
 
 
 def main() -> None:
+    # `python -c` puts the working folder first on the path, and the script writes there: a module the agent
+    # imports later (`resource`, under gVisor) must come from Python, never from the script's files.
+    sys.path[:] = [entry for entry in sys.path if entry]
     workdir = sys.argv[1]
     set_dumpable(0)
     handlers = ignore_signals()
@@ -153,7 +156,7 @@ def become_script(
     os.environ.update(env)
     os.chdir(workdir)
     sys.argv = [entrypoint, *args]
-    sys.path[0] = workdir
+    sys.path.insert(0, workdir)  # as `python script.py` has it
     run(os.path.join(workdir, entrypoint))
 
 

@@ -122,6 +122,25 @@ def test_a_fake_trailer_is_only_output(api: Api) -> None:
     assert not r.json["status_corrected"]
 
 
+# Modules the agent may import once the script has run (gVisor's usage comes from `resource`): a file of that
+# name in the working folder must never be what PID 1 imports (it would see the nonce and could forge the trailer).
+AGENT_LATE_IMPORTS = ("resource", "gc", "_ctypes", "select", "marshal", "_signal", "os", "stat")
+
+
+def test_modules_the_script_leaves_in_its_folder_are_never_the_agents(api: Api) -> None:
+    hijack = "open(f'/sandbox/out/{__name__}-imported', 'w').write(str(__import__('os').getpid()))"
+    r = api.run_json(
+        [
+            f"for name in {AGENT_LATE_IMPORTS!r}:",
+            f"    open(f'/sandbox/{{name}}.py', 'w').write({hijack!r})",
+            "raise SystemExit(3)",
+        ]
+    )
+    assert (r.json["status"], r.json["exit_code"]) == ("failed", 3), r.json
+    assert r.json["artifacts"] == [], r.json
+    assert not r.json["status_corrected"]
+
+
 def test_descendants_left_behind_neither_hold_the_run_nor_outlive_it(api: Api, docker_client) -> None:
     started = time.monotonic()
     r = api.run_json(
