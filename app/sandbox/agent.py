@@ -48,6 +48,7 @@ NONCE_SIZE = 32
 OUT_DIR = "out"  # the script's output files: /sandbox/out
 PR_SET_DUMPABLE = 4
 CHUNK = 65536
+MAX_LEFT_OUT = 20  # entries of out/ named as left out; the rest are counted (a script may make a million)
 DRAIN_LIMIT = 4 * CHUNK  # after the child's exit: what its pipes still hold, not a descendant's endless flood
 LINGER_S = 30.0  # after the trailer: how long the agent waits for the service to close its input
 
@@ -200,46 +201,61 @@ def supervise(pid: int, readers: dict[int, bytes], in_w: int, stdin: bytes, wake
 def send_artifacts(folder: str, max_count: int, max_bytes: int) -> None:
     """Send the regular files directly in `folder`, in name order, within the bounds; name what is left out.
 
-    Each file is opened without following links and checked on the open descriptor, so a descendant of the
-    script swapping a file for a link or a FIFO meanwhile gains nothing. Nested folders are not sent.
+    The folder and each file are opened without following links (the script may have replaced `out` itself by a
+    link) and checked on the open descriptor, so a descendant of the script swapping a file for a link or a FIFO
+    meanwhile gains nothing. Nested folders are not sent. The first MAX_LEFT_OUT entries left out are named
+    (each "name: why"), the rest counted.
     """
     try:
-        names = sorted(os.listdir(folder))
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return
+    try:
+        names = sorted(os.listdir(dir_fd))
+    except OSError:
+        names = []
+    skipped = 0
     for name in names:
-        try:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            left_out(name, "not a regular file")
+        sent = send_file(dir_fd, name, max_count, max_bytes)
+        if isinstance(sent, int):
+            max_count -= 1
+            max_bytes -= sent
             continue
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                left_out(name, "a folder (nested folders are not sent back)")
-            elif not stat.S_ISREG(info.st_mode):
-                left_out(name, "not a regular file")
-            elif max_count <= 0:
-                left_out(name, "over the limit on the number of output files")
-            elif info.st_size > max_bytes:
-                left_out(name, "over the limit on output file bytes")
-            else:
-                max_count -= 1
-                max_bytes -= info.st_size
-                emit(b"A", name.encode(errors="surrogateescape"))
-                left = info.st_size  # what fstat said: a file still growing is cut there
-                while left > 0:
-                    data = os.read(fd, min(CHUNK, left))
-                    if not data:
-                        break
-                    emit(b"D", data)
-                    left -= len(data)
-        finally:
-            os.close(fd)
+        if skipped < MAX_LEFT_OUT:
+            emit(b"X", f"{name}: {sent}".encode(errors="surrogateescape"))
+        skipped += 1
+    if skipped > MAX_LEFT_OUT:
+        emit(b"X", f"and {skipped - MAX_LEFT_OUT} more".encode())
+    os.close(dir_fd)
 
 
-def left_out(name: str, reason: str) -> None:
-    emit(b"X", f"{name}: {reason}".encode(errors="surrogateescape"))
+def send_file(dir_fd: int, name: str, max_count: int, max_bytes: int) -> int | str:
+    """Send the entry `name` of the folder as an output file: its size once sent, else why it is left out."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return "not a regular file"
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            return "a folder (nested folders are not sent back)"
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if max_count <= 0:
+            return "over the limit on the number of output files"
+        if info.st_size > max_bytes:
+            return "over the limit on output file bytes"
+        emit(b"A", name.encode(errors="surrogateescape"))
+        left = info.st_size  # what fstat said: a file still growing is cut there
+        while left > 0:
+            data = os.read(fd, min(CHUNK, left))
+            if not data:
+                break
+            emit(b"D", data)
+            left -= len(data)
+        return info.st_size
+    finally:
+        os.close(fd)
 
 
 def drain(fd: int, kind: bytes) -> None:

@@ -27,7 +27,7 @@ from app.errors import SandboxError
 from app.metrics import Metrics
 from app.models import Artifact, Limits, Program, RunOutcome, Usage
 from app.sandbox.agent import CHUNK as AGENT_CHUNK
-from app.sandbox.agent import NONCE_SIZE
+from app.sandbox.agent import MAX_LEFT_OUT, NONCE_SIZE
 from app.sandbox.container_calls import container_calls
 from app.sandbox.docker_gateway import DOCKER_ERRORS, close_socket, translated
 
@@ -205,27 +205,42 @@ class AgentReader:
 
 
 class ArtifactCollector:
-    """The output files the agent sends after the script's exit, bounded again here (the stream is the container's)."""
+    """The output files the agent sends after the script's exit, bounded again here (the stream is the container's).
+
+    Under gVisor a script can write frames of its own: memory holds at most the byte budget (data past it is
+    dropped as it arrives) and at most MAX_LEFT_OUT + 1 reasons (the agent's own list and its count of the rest).
+    """
 
     def __init__(self, max_count: int, max_bytes: int) -> None:
         self._max_count, self._budget = max_count, max_bytes
         self._current: tuple[str, list[bytes]] | None = None
         self.kept: list[tuple[Artifact, bytes]] = []
-        self.left_out: list[str] = []
+        self._left_out: list[str] = []
+        self._uncounted = 0  # reasons beyond the bound
 
     def take(self, kind: bytes, data: bytes) -> None:
         if kind == b"X":
-            self.left_out.append(data.decode(errors="replace")[:200])
+            self._leave_out(data.decode(errors="replace")[:200])
         elif kind == b"A":
             self._close()
-            self._current = (data.decode(errors="replace"), [])
+            self._current = (data.decode(errors="replace")[: MAX_ARTIFACT_NAME + 1], [])
         elif self._current is not None:  # b"D"
-            self._current[1].append(data)
             self._budget -= len(data)
+            if self._budget >= 0:
+                self._current[1].append(data)
+            else:  # over the budget: this file is left out at its close, its bytes need not be kept
+                self._current[1].clear()
 
     def finish(self) -> tuple[tuple[tuple[Artifact, bytes], ...], tuple[str, ...]]:
         self._close()
-        return tuple(self.kept), tuple(self.left_out)
+        more = [f"and {self._uncounted} more entries"] if self._uncounted else []
+        return tuple(self.kept), (*self._left_out, *more)
+
+    def _leave_out(self, reason: str) -> None:
+        if len(self._left_out) <= MAX_LEFT_OUT:
+            self._left_out.append(reason)
+        else:
+            self._uncounted += 1
 
     def _close(self) -> None:
         if self._current is None:
@@ -233,9 +248,9 @@ class ArtifactCollector:
         name, chunks = self._current
         self._current = None
         if secure_filename(name) != name or len(name) > MAX_ARTIFACT_NAME:
-            self.left_out.append(f"{name[:100]}: a name that is not allowed (letters, digits, '_', '-', '.')")
+            self._leave_out(f"{name[:100]}: a name that is not allowed (letters, digits, '_', '-', '.')")
         elif self._budget < 0 or len(self.kept) >= self._max_count:
-            self.left_out.append(f"{name}: over the limits on output files")
+            self._leave_out(f"{name}: over the limits on output files")
         else:
             data = b"".join(chunks)
             self.kept.append((Artifact.of(name, data), data))
