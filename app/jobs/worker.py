@@ -148,6 +148,18 @@ def fair_choice(store: Store, limit: int = 0) -> tuple[str | None, str]:
     return next(job_id for client, _, job_id in waiting if client == head.client), head.client
 
 
+def is_runner_task(job: rq.job.Job) -> bool:
+    """Whether a queue entry is our task with one job id and nothing else RQ would import and call."""
+    callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
+    return (
+        job.func_name == TASK
+        and len(job.args) == 1
+        and not job.kwargs
+        and JOB_ID.fullmatch(str(job.args[0])) is not None
+        and not any(callbacks)
+    )
+
+
 class ThreadWorker(rq.SimpleWorker):
     """RQ's SimpleWorker on a thread: the process's main thread owns the signals and stops every loop."""
 
@@ -155,7 +167,7 @@ class ThreadWorker(rq.SimpleWorker):
 
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
         """Run only our own task with a job id: whoever can write to Redis must not name another function."""
-        if job.func_name != TASK or len(job.args) != 1 or not JOB_ID.fullmatch(str(job.args[0])):
+        if not is_runner_task(job):
             log.error("refusing queue entry %s: it names %r, not the runner's task", job.id, job.func_name)
             with contextlib.suppress(Exception):
                 job.cancel()
