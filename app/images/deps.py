@@ -21,7 +21,7 @@ _NAME_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _NAME = re.compile(_NAME_PATTERN)
 _OPERATOR = r"(?:==|!=|<=|>=|~=|<|>)"
 _VERSION = r"[A-Za-z0-9.+!*_-]+"  # PEP 440 characters; SpecifierSet then checks the version itself
-_SP = r"[ \t]*"  # spaces between the parts; never inside a name or a version
+_SP = r"[ \t]*+"  # spaces between the parts; never inside a name or a version
 _CLAUSE = re.compile(rf"{_OPERATOR}{_SP}{_VERSION}")
 _REQUIREMENT = re.compile(
     rf"{_SP}(?P<name>{_NAME_PATTERN}){_SP}"
@@ -40,6 +40,8 @@ _REFUSED = [
     (re.compile(r"==="), "arbitrary equality ('===') is not allowed"),
     (re.compile(r"~(?!=)"), "'~' is only allowed in the '~=' operator"),
 ]
+_ARCHIVE = re.compile(r"\.(whl|zip|tar|tgz|tbz|txz|tlz|tar\.(gz|bz2|xz|lz|lzma))\Z", re.IGNORECASE)
+MAX_REQUIREMENT_CHARS = 200
 _PLAIN = "Use a package name, optional [extras], and version clauses such as '==1.2', '>=1,<2' or '~=1.4'."
 
 
@@ -70,9 +72,9 @@ def detect_imports(files: Mapping[str, bytes]) -> set[str]:
 
 
 IMPORT_WORD = re.compile(rb"import")  # a literal search is ~15x faster than with \b; the line checks decide
-FROM_LINE = re.compile(rb"[ \t]*from[ \t]+([A-Za-z_][A-Za-z0-9_]*)[A-Za-z0-9_.]*[ \t]+import\b[^\\]*")
-RELATIVE_LINE = re.compile(rb"[ \t]*from[ \t]+\.+[A-Za-z0-9_.]*[ \t]+import\b[^\\]*")
-IMPORT_LINE = re.compile(rb"[ \t]*import[ \t]+([A-Za-z0-9_., \t]+?)[ \t]*(?:#[^\\]*)?")
+FROM_LINE = re.compile(rb"[ \t]*from[ \t]+([A-Za-z_][A-Za-z0-9_]*+)[A-Za-z0-9_.]*+[ \t]+import\b[^\\;]*")
+RELATIVE_LINE = re.compile(rb"[ \t]*from[ \t]+\.++[A-Za-z0-9_.]*+[ \t]+import\b[^\\]*")
+IMPORT_LINE = re.compile(rb"[ \t]*import[ \t]++([A-Za-z0-9_., \t]*+)(?:#[^\\]*)?")
 
 
 def _lines_with(word: re.Pattern[bytes], source: bytes) -> Iterator[bytes]:
@@ -179,6 +181,8 @@ def check_requirement(line: str) -> str:
     Anything pip could read as a path, a URL, an option, a marker or an arbitrary version is refused.
     :raises ValidationFailed: naming the line and what is wrong with it.
     """
+    if len(line) > MAX_REQUIREMENT_CHARS:
+        raise ValidationFailed(f"Requirement {_shown(line)} is longer than {MAX_REQUIREMENT_CHARS} characters.")
     for pattern, why in _REFUSED:
         if pattern.search(line):
             raise ValidationFailed(f"Requirement {_shown(line)} is not allowed: {why}. {_PLAIN}")
@@ -192,7 +196,10 @@ def check_requirement(line: str) -> str:
     except InvalidSpecifier as e:
         raise ValidationFailed(f"Requirement {_shown(line)} has an invalid version: {e}. {_PLAIN}") from e
     name = canonicalize_name(match["name"])
-    return name + (f"[{','.join(sorted(canonicalize_name(e) for e in extras))}]" if extras else "") + str(specifiers)
+    rebuilt = name + (f"[{','.join(sorted(canonicalize_name(e) for e in extras))}]" if extras else "") + str(specifiers)
+    if _ARCHIVE.search(rebuilt):  # pip would read the line as a local archive file's path
+        raise ValidationFailed(f"Requirement {_shown(line)} ends like a file name. {_PLAIN}")
+    return rebuilt
 
 
 def is_distribution_name(name: str) -> bool:

@@ -240,7 +240,9 @@ def wheel_members(archive: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarF
                 continue
             base = name.removeprefix("wheels/")
             try:
-                if not (member.isreg() and name.startswith("wheels/") and "/" not in base and base.endswith(".whl")):
+                # A plain file: isreg() also admits sparse members, which expand to any size they declare.
+                plain = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)
+                if not (plain and name.startswith("wheels/") and "/" not in base and base.endswith(".whl")):
                     raise InvalidWheelFilename(name)
                 parse_wheel_filename(base)
             except InvalidWheelFilename as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -99,6 +100,10 @@ HOSTILE = [
     "evil==",
     "bad name!!",
     "évil",
+    "evil==1.0+abc.whl",  # a valid local version, but pip reads a line ending like an archive as a file's path
+    "evil[x]==1+a.tar.gz",
+    "evil!=1+a.zip",
+    "evil" + " " * 300 + "x",  # longer than any requirement needs
 ]
 
 
@@ -113,6 +118,10 @@ def test_anything_but_a_plain_index_requirement_is_refused_naming_the_line(line:
 def test_a_hostile_line_is_refused_also_inside_a_valid_set(line: str) -> None:
     with pytest.raises(ValidationFailed):
         canonical_set(["greetpkg", line])
+
+
+def test_local_versions_that_name_no_archive_stay_allowed() -> None:
+    assert canonical_set(["torch==2.1.0+cu118"]) == ("torch==2.1.0+cu118",)
 
 
 def test_module_names_that_are_no_distribution_names_are_not_installed() -> None:
@@ -146,6 +155,7 @@ STDLIB_ONLY = ImageEnvironment(stdlib=frozenset(sys.stdlib_module_names), instal
         (b"import os, json as j\nfrom collections import (\n  OrderedDict)\nimport flask\n", set()),  # the quick path
         (b'"""Usage:\nimport yaml\n"""\nprint(1)\n', set()),  # looks like an import, is a string: the parse says
         (b"x = 1; import yamlish\n", {"yamlish"}),  # not a plain import line: parsed
+        (b"from os import path; import yamlish\n", {"yamlish"}),  # a second statement after a from-import: parsed
         (b"import os, \\\n    yamlish\n", {"yamlish"}),  # continued: parsed
         (b"try: import fastjson\nexcept ImportError: pass\n", {"fastjson"}),
         (b"from . import helper\nfrom .sub import x\n", set()),  # the client's own package
@@ -165,3 +175,26 @@ def test_a_large_stdlib_only_script_is_decided_without_parsing_it(monkeypatch: p
     source = b"import os, sys\n" + b"x = 1  # a line\n" * 20_000
     monkeypatch.setattr("app.images.deps.detect_imports", lambda files: pytest.fail("parsed"))
     assert third_party_imports({"main.py": source}, STDLIB_ONLY) == set()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        b"import a" + b" " * 40_000 + b"!",
+        b"from " + b"a" * 40_000 + b"!import x",
+        b"from " + b"." * 40_000 + b"!import x",
+    ],
+    ids=["import", "from", "relative"],
+)
+def test_a_long_line_is_scanned_without_backtracking(source: bytes) -> None:
+    """A request's scan holds the interpreter: patterns that backtrack took minutes on these lines, hours at 1 MiB."""
+    start = time.perf_counter()
+    third_party_imports({"main.py": source}, STDLIB_ONLY)
+    assert time.perf_counter() - start < 2
+
+
+def test_spaces_in_a_requirement_file_line_cost_no_backtracking() -> None:
+    start = time.perf_counter()
+    with pytest.raises(ValidationFailed):
+        parse_requirements(["a" + " " * 20_000 + "x"])
+    assert time.perf_counter() - start < 2

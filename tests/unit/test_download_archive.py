@@ -57,6 +57,18 @@ def test_anything_but_a_regular_wheel_stops_the_build(tmp_path: Path, member: tu
         list(wheel_members(path))
 
 
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_SPARSE, tarfile.CONTTYPE], ids=["sparse", "contiguous"])
+def test_a_wheel_that_is_no_plain_file_stops_the_build(tmp_path: Path, kind: bytes) -> None:
+    """tarfile counts these as regular files; a sparse one expands to whatever size its header declares."""
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(f"wheels/{WHEEL}")
+        info.type, info.size = kind, 3
+        tar.addfile(info, io.BytesIO(b"zip"))
+    with pytest.raises(BuildFailed, match="something other than wheels"):
+        list(wheel_members(path))
+
+
 def test_requirements_go_to_pip_after_the_end_of_options() -> None:
     cmd = pip_download_command(["greetpkg==1.0"], ["manylinux_2_36_x86_64"])
     assert cmd[:5] == ["python", "-I", "-m", "pip", "download"]
