@@ -8,6 +8,7 @@ lookup an attacker's DNS could answer differently); redirects are never followed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import hmac
@@ -36,6 +37,8 @@ ATTEMPTS = 6  # with the default backoff of 20 s: retries after 20, 40, 80, 160 
 RESPONSE_BYTES = 65536  # read (and ignored) of a receiver's answer
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix (DNS64 on an IPv6-only host)
+GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 
 
 class DeliveryFailed(Exception):
@@ -43,19 +46,33 @@ class DeliveryFailed(Exception):
 
 
 def parse_allow(text: str) -> tuple[IpNetwork, ...]:
-    """RUNNER_WEBHOOK_ALLOW: comma-separated CIDRs the operator allows even though they are not public."""
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+    """RUNNER_WEBHOOK_ALLOW: comma-separated CIDRs the operator allows even though they are not public.
+
+    :raises ValueError: a part is not a network, or has host bits set (`192.168.1.5/0` would allow everything).
+    """
+    try:
+        return tuple(ipaddress.ip_network(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise ValueError(f"RUNNER_WEBHOOK_ALLOW: {e} (comma-separated networks, e.g. 10.0.0.0/8,fd00::/8)") from e
+
+
+def is_public(address: IpAddress) -> bool:
+    """Whether a packet to `address` ends up at a public address, including IPv4 addresses carried in IPv6 ones."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address.is_global and not address.is_multicast
+    if address.ipv4_mapped is not None or address in NAT64:  # translated to the IPv4 address in its low 32 bits
+        return is_public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    # Else global unicast only: that refuses IPv4-compatible (::/96), SIIT (::ffff:0:0:0/96), local-use NAT64
+    # (64:ff9b:1::/48), site-local and the rest; 6to4 and Teredo (in 2000::/3) must carry public IPv4 addresses.
+    carried = [address.sixtofour, *(address.teredo or ())]
+    return address in GLOBAL_UNICAST and address.is_global and all(is_public(a) for a in carried if a is not None)
 
 
 def refusal(address: IpAddress, allow: Iterable[IpNetwork]) -> str | None:
     """Why a webhook may not go to `address` (loopback, private, link-local, metadata, ...), or None."""
-    if any(address in network for network in allow):
+    if any(address in network for network in allow) or is_public(address):
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if not address.is_global or address.is_multicast:
-        return f"{address} is not a public address (loopback, private, link-local, metadata or reserved)"
-    return None
+    return f"{address} is not a public address (loopback, private, link-local, metadata or reserved)"
 
 
 def check_callback_url(url: str, allow: Iterable[IpNetwork] = ()) -> str:
@@ -86,6 +103,55 @@ def check_callback_url(url: str, allow: Iterable[IpNetwork] = ()) -> str:
     return url
 
 
+class _Deadline:
+    """The wall-clock limit of one attempt, enforced: at it, the attempt's socket is shut down.
+
+    urllib3's timeouts bound each socket operation, so a receiver sending a byte now and then would hold a delivery
+    thread (one of four, shared by every client) for as long as it likes; the shutdown wakes whatever read or write
+    waits, TLS ones too. Connecting is bounded by the timeout itself, and the watch starts once connected.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.at = time.monotonic() + timeout_s
+        self._sock: socket.socket | None = None
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket) -> None:
+        self._sock = sock.dup()  # a duplicate: TLS takes the socket itself over; both are the same connection
+        self._timer = threading.Timer(max(0.0, self.at - time.monotonic()), self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):  # e.g. the receiver reset the connection meanwhile
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer.join()  # a shutdown under way ends before its socket is closed (its number could be reused)
+        if self._sock is not None:
+            self._sock.close()
+
+
+class _Watched(urllib3.connection.HTTPConnection):
+    """A connection whose socket a _Deadline (passed by the pool, as a connection keyword) watches once connected."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def _new_conn(self) -> socket.socket:  # urllib3's one place that connects, before any TLS handshake
+        sock = super()._new_conn()
+        self._deadline.watch(sock)
+        return sock
+
+
+class _WatchedHTTPS(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
@@ -112,24 +178,34 @@ def post(url: str, body: bytes, secret: str, allow: Iterable[IpNetwork], timeout
         "X-Runner-Timestamp": timestamp,
         "X-Runner-Signature": sign(secret, timestamp, body),
     }
+    deadline = _Deadline(timeout_s)
     pool: urllib3.HTTPConnectionPool
     if https:
         pool = urllib3.HTTPSConnectionPool(
-            str(addresses[0]), port, server_hostname=host, assert_hostname=host, cert_reqs="CERT_REQUIRED"
-        )
+            str(addresses[0]), port, server_hostname=host, assert_hostname=host, cert_reqs="CERT_REQUIRED",
+            deadline=deadline,
+        )  # fmt: skip
+        pool.ConnectionCls = _WatchedHTTPS
     else:
-        pool = urllib3.HTTPConnectionPool(str(addresses[0]), port)
+        pool = urllib3.HTTPConnectionPool(str(addresses[0]), port, deadline=deadline)
+        pool.ConnectionCls = _Watched
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    late = f"the receiver took longer than {timeout_s:g} s"
     try:
         response = pool.urlopen(
             "POST", path, body=body, headers=headers, redirect=False, retries=False,
             timeout=urllib3.Timeout(total=timeout_s), preload_content=False, assert_same_host=False,
         )  # fmt: skip
         response.read(RESPONSE_BYTES)
+        if time.monotonic() >= deadline.at:  # an answer without a length, read until the shutdown
+            raise DeliveryFailed(late)
         response.release_conn()
     except urllib3.exceptions.HTTPError as e:
+        if time.monotonic() >= deadline.at:  # cut by the shutdown, or a read that timed out at the deadline
+            raise DeliveryFailed(late) from e
         raise DeliveryFailed(f"could not deliver: {type(e).__name__}") from e
     finally:
+        deadline.close()
         pool.close()
     if 300 <= response.status < 400:
         raise DeliveryFailed(f"HTTP {response.status}: redirects are not followed")

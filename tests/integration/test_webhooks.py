@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from flask import Flask
 
 from app.cli import cli
+from app.jobs.webhooks import DeliveryFailed, parse_allow, post
 from app.services import EXTENSION
 from tests.helpers import Api, wait_until
 from tests.receiver import Receiver
@@ -30,6 +33,51 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
     yield make
     for r in made:
         r.close()
+
+
+class Dripping:
+    """A receiver on loopback that reads a request, sends `head`, then one byte of `drip` every 0.1 s, and hangs up."""
+
+    def __init__(self, head: bytes, drip: bytes) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._serve, args=(head, drip), daemon=True).start()
+
+    def _serve(self, head: bytes, drip: bytes) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._drip, args=(conn, head, drip), daemon=True).start()
+
+    @staticmethod
+    def _drip(conn: socket.socket, head: bytes, drip: bytes) -> None:
+        with conn:
+            try:
+                conn.recv(65536)  # the request, or a TLS ClientHello
+                conn.sendall(head)
+                for i in range(len(drip)):
+                    time.sleep(0.1)
+                    conn.sendall(drip[i : i + 1])
+            except OSError:  # the sender hung up
+                return
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@pytest.fixture
+def dripping() -> Iterator[Callable[[bytes, bytes], Dripping]]:
+    made: list[Dripping] = []
+
+    def make(head: bytes, drip: bytes) -> Dripping:
+        made.append(Dripping(head, drip))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
 
 
 @pytest.fixture
@@ -94,6 +142,37 @@ def test_a_slow_receiver_blocks_neither_the_job_nor_the_api(hook_api: Api, recei
 
 
 @pytest.mark.parametrize(
+    ("scheme", "head", "drip"),
+    [
+        ("http", b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"y" * 50),  # the status line and headers
+        ("http", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"a" * 50),  # the body
+        ("https", b"\x16\x03\x03\x40\x00", b"\0" * 50),  # the TLS handshake: a 16 KiB record, a byte at a time
+    ],
+    ids=["headers", "body", "tls-handshake"],
+)
+def test_a_receiver_dripping_its_answer_is_cut_at_the_attempt_time_limit(
+    dripping: Callable[[bytes, bytes], Dripping], scheme: str, head: bytes, drip: bytes
+) -> None:
+    rec = dripping(head, drip)
+    started = time.monotonic()
+    with pytest.raises(DeliveryFailed, match=r"^the receiver took longer than 0\.5 s$"):
+        post(f"{scheme}://127.0.0.1:{rec.port}/hook", b"{}", "s", parse_allow("127.0.0.1/32"), timeout_s=0.5)
+    assert time.monotonic() - started < 1.5  # each read is within the limit; the attempt is not
+
+
+def test_an_attempt_cut_at_its_time_limit_is_retried_then_given_up_visibly(
+    make_app: Callable[..., Flask], base_image: str, dripping: Callable[[bytes, bytes], Dripping]
+) -> None:
+    api = Api(make_app(base_image=base_image, webhook_allow="127.0.0.1/32", webhook_backoff_s=0.05,
+                       webhook_timeout_s=0.3))  # fmt: skip
+    rec = dripping(b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"y" * 50)
+    job = api.run_json("print(1)", callback_url=f"http://127.0.0.1:{rec.port}/hook").json
+    assert wait_until(lambda: status(api, job["job_id"])["webhook"]["status"] == "failed", timeout=15)
+    last = {"status": "failed", "attempts": 6, "last_error": "the receiver took longer than 0.3 s"}
+    assert status(api, job["job_id"])["webhook"] == last
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "http://127.0.0.1:9/hook",
@@ -145,10 +224,11 @@ def test_deliveries_pending_at_a_stop_are_resumed_at_the_next_start(hook_api: Ap
 
     rec = receiver()
     svc = hook_api.app.extensions[EXTENSION]
-    job = Job("resumed1", hook_api.name, Status.SUCCEEDED, Limits(30, 256, 1.0), "main.py", created_at=time.time(),
+    job_id = "7e5a3ed1c0ffee0123456789"  # an id as the service makes them (JOB_ID)
+    job = Job(job_id, hook_api.name, Status.SUCCEEDED, Limits(30, 256, 1.0), "main.py", created_at=time.time(),
               finished_at=time.time(), worker=svc.settings.instance, callback_url=rec.url,
               webhook=WebhookState("pending", 2, "HTTP 500"))  # fmt: skip
     svc.store.save_job(job)
     assert svc.resume_webhooks() == 1
-    assert wait_until(lambda: status(hook_api, "resumed1")["webhook"]["status"] == "delivered", timeout=10)
-    assert status(hook_api, "resumed1")["webhook"]["attempts"] == 3
+    assert wait_until(lambda: status(hook_api, job_id)["webhook"]["status"] == "delivered", timeout=10)
+    assert status(hook_api, job_id)["webhook"]["attempts"] == 3

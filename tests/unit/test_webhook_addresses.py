@@ -19,7 +19,21 @@ def test_non_public_addresses_are_refused(address: str) -> None:
     assert refusal(ipaddress.ip_address(address), ()) is not None
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address",
+    ["::127.0.0.1", "::169.254.169.254",  # IPv4-compatible
+     "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "64:ff9b:1:a9fe:a9fe::",  # NAT64, local-use NAT64
+     "2002:a9fe:a9fe::1", "2002:7f00:1::1",  # 6to4
+     "::ffff:0:a9fe:a9fe",  # SIIT's IPv4-translated
+     "fec0::1", "4000::1"],  # site-local; outside global unicast (2000::/3)
+)  # fmt: skip
+def test_ipv6_addresses_that_lead_to_a_non_public_one_are_refused(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address), ()) is not None
+
+
+@pytest.mark.parametrize(
+    "address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+)
 def test_public_addresses_are_allowed(address: str) -> None:
     assert refusal(ipaddress.ip_address(address), ()) is None
 
@@ -29,6 +43,13 @@ def test_the_operator_may_allow_networks() -> None:
     assert refusal(ipaddress.ip_address("10.1.2.3"), allow) is None
     assert refusal(ipaddress.ip_address("fd00::5"), allow) is None
     assert refusal(ipaddress.ip_address("192.168.1.1"), allow) is not None
+    assert refusal(ipaddress.ip_address("64:ff9b:1::a00:1"), parse_allow("64:ff9b:1::/48")) is None
+
+
+@pytest.mark.parametrize("text", ["192.168.1.5/0", "10.0.0.1/8", "fd00::1/8", "10.0.0.0/8,nonsense"])
+def test_a_mistyped_allowed_network_is_an_error_naming_the_setting(text: str) -> None:
+    with pytest.raises(ValueError, match="RUNNER_WEBHOOK_ALLOW"):
+        parse_allow(text)
 
 
 def test_urls_are_checked_before_any_lookup() -> None:
