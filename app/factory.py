@@ -18,6 +18,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     settings = Settings.from_env(**(test_config or {}))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # A form's text part (stdin) is bounded by the body alone, as in a JSON body: its own limit, RUNNER_MAX_FILE_BYTES,
+    # is checked by the service, which names the field (Flask's default of 500 kB would refuse it first, saying less).
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
     if isinstance(app.json, DefaultJSONProvider):  # Flask's own provider: keep the schemas' field order
         app.json.sort_keys = False
     app.extensions[EXTENSION] = Services(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from flask import Response, jsonify, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.api.auth import client_for
 from app.api.events import NDJSON, event_lines
@@ -53,6 +54,7 @@ def run_json() -> Response:
     """
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as JSON with `Content-Type: application/json`.")
+    _refuse_streamed_past_the_cap()
     try:
         body = request.get_json(silent=True)
     except RecursionError as e:  # absurdly nested JSON
@@ -65,6 +67,18 @@ def run_json() -> Response:
     files = {name: check_size(name, fields["code"].encode(), svc.settings)}
     client = client_for(fields.get("client"))
     return _start(run_spec(client, files, name, fields, svc.settings, svc.client_images.known_installed()))
+
+
+def _refuse_streamed_past_the_cap() -> None:
+    """A body sent without Content-Length (chunked) that goes past MAX_CONTENT_LENGTH is a 413, as one with it is.
+
+    Werkzeug reads such a body up to the cap and stops there without a word: what it read is not the whole body.
+    """
+    cap = request.max_content_length
+    if request.content_length is not None or cap is None or len(request.get_data()) < cap:
+        return
+    if request.input_stream.read(1):  # a byte past the cap: the body is larger (one of exactly the cap is not)
+        raise RequestEntityTooLarge()
 
 
 def run_file() -> Response:

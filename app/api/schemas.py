@@ -20,6 +20,7 @@ def client_field(**kwargs: Any) -> fields.String:
         validate=[
             validate.Length(max=NAME_MAX_LENGTH),
             validate.Regexp(NAME, error=f"Must be {NAME_RULE} (at most {NAME_MAX_LENGTH} characters)."),
+            utf8,
         ],
         metadata={"description": "Client name; optional when the API key says who you are.", "example": "test-client"},
         **kwargs,
@@ -30,11 +31,12 @@ class Code(fields.Field[str]):
     """Source code given as one string or a list of lines."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        if isinstance(value, str):
-            return value
         if isinstance(value, list) and all(isinstance(line, str) for line in value):
-            return "\n".join(value) + "\n"
-        raise ValidationError("Must be a string or a list of strings (lines).")
+            value = "\n".join(value) + "\n"
+        if not isinstance(value, str):
+            raise ValidationError("Must be a string or a list of strings (lines).")
+        utf8(value)
+        return value
 
 
 MAX_ARGS, MAX_ARG_CHARS = 64, 4096
@@ -52,6 +54,29 @@ def no_nul(value: str) -> None:
         raise ValidationError("Must not contain a NUL character.")
 
 
+NOT_UTF8 = "Must be Unicode text: a lone surrogate (\\ud800 to \\udfff) has no UTF-8 form."
+
+
+def is_utf8(value: str) -> bool:
+    """Whether the text has a UTF-8 form: JSON's escapes can spell a lone surrogate, which has none."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def utf8(value: str) -> None:
+    if not is_utf8(value):
+        raise ValidationError(NOT_UTF8)
+
+
+def no_controls(value: str) -> None:
+    """A URL has no control character (urlsplit would drop a tab or newline without a word)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValidationError("Must not contain control characters.")
+
+
 def check_env(env: dict[str, str]) -> None:
     """The script's variables: plain names, none that steers Python or the loader, bounded in size."""
     errors = {}
@@ -62,6 +87,8 @@ def check_env(env: dict[str, str]) -> None:
             errors[name] = ["This variable changes how Python or the loader behave; it cannot be set."]
         elif "\0" in value:
             errors[name] = ["Must not contain a NUL character."]
+        elif not is_utf8(value):
+            errors[name] = [NOT_UTF8]
     if errors:
         raise ValidationError(errors)
     if sum(len(k.encode()) + len(v.encode()) for k, v in env.items()) > MAX_ENV_BYTES:
@@ -86,7 +113,7 @@ class Encoded(fields.Field[Any]):
 
 def args_field() -> fields.List[str]:
     return fields.List(
-        fields.String(validate=[validate.Length(max=MAX_ARG_CHARS), no_nul]),
+        fields.String(validate=[validate.Length(max=MAX_ARG_CHARS), no_nul, utf8]),
         validate=validate.Length(max=MAX_ARGS),
         metadata={"description": f"The script's sys.argv[1:] (at most {MAX_ARGS}).", "example": ["--n", "3"]},
     )
@@ -107,13 +134,14 @@ def env_field() -> fields.Dict:
 
 def stdin_field() -> fields.String:
     return fields.String(
-        metadata={"description": "Text given to the script's standard input (default: none, an immediate EOF)."}
+        validate=utf8,
+        metadata={"description": "Text given to the script's standard input (default: none, an immediate EOF)."},
     )
 
 
 def callback_field() -> fields.String:
     return fields.String(
-        validate=validate.Length(max=2048),
+        validate=[validate.Length(max=2048), utf8, no_controls],
         metadata={
             "description": "URL the job's JSON is POSTed to when it ends, signed (X-Runner-Signature); public "
             "addresses only unless the operator allows others.",
@@ -141,7 +169,7 @@ class LimitsSchema(Schema):
 
 class RunJsonSchema(LimitsSchema, InputSchema):
     requirements = fields.List(
-        fields.String(validate=validate.Length(min=1, max=200)),
+        fields.String(validate=[validate.Length(min=1, max=200), utf8]),
         validate=validate.Length(max=50),
         metadata={"description": "Packages to install (pins honoured); default: detected from the imports."},
     )
@@ -153,6 +181,7 @@ class RunJsonSchema(LimitsSchema, InputSchema):
                 SCRIPT_NAME,
                 error="Must be a .py file name of letters, digits, '_', '-' and '.', with no path (e.g. main.py).",
             ),
+            utf8,
         ],
         metadata={"example": "main.py"},
     )
@@ -178,7 +207,7 @@ class RunFormSchema(LimitsSchema):
     )
     callback_url = callback_field()
     entrypoint = fields.String(
-        metadata={"description": "Which uploaded file to run (default main.py or the only file)."}
+        validate=utf8, metadata={"description": "Which uploaded file to run (default main.py or the only file)."}
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from app.errors import Draining, NotFound
 from app.jobs.executor import JobExecutor
 from app.jobs.outputs import Ended, OutputBus
-from app.models import BUILD, Artifact, Chunk, Job, JobSummary, PageCursor, RunSpec, Status, WebhookState
+from app.models import BUILD, JOB_ID, Artifact, Chunk, Job, JobSummary, PageCursor, RunSpec, Status, WebhookState
 from app.store import Store
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,14 @@ class JobService:
         return job
 
     def get(self, job_id: str, client: str) -> Job:
-        """The client's job. :raises NotFound: missing, expired or someone else's."""
+        """The client's job. :raises NotFound: missing, expired, someone else's, or not an id this service makes."""
+        missing = NotFound(f"No job {job_id!r} for this client.")
+        if not JOB_ID.fullmatch(job_id):  # answered as missing without asking the store (PostgreSQL refuses a NUL)
+            raise missing
         self._purge_now_and_then()
         job = self._store.get_job(job_id, client)
         if job is None:
-            raise NotFound(f"No job {job_id!r} for this client.")
+            raise missing
         return job
 
     def artifact(self, job: Job, name: str) -> tuple[Artifact, bytes]:

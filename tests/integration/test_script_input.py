@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
 from app.services import EXTENSION
 from tests.helpers import Api
@@ -116,3 +118,12 @@ def test_run_file_takes_the_same_fields_as_form_fields(api: Api) -> None:
     r: Any = api.http.post("/run-file", data=data, headers=api.headers({"Accept": "application/json"}))
     assert r.json["status"] == "succeeded", r.json
     assert r.json["stdout"] == "'from a form' ['a', 'b'] hello\n"
+
+
+def test_a_form_stdin_may_be_as_large_as_a_json_one(api: Api) -> None:
+    """Past Flask's own limit on a form's text part (500 kB): up to RUNNER_MAX_FILE_BYTES, as in a JSON body."""
+    script = FileStorage(io.BytesIO(b"import sys\nprint(len(sys.stdin.read()))\n"), "main.py")
+    boundary, body = encode_multipart({"files[]": script, "stdin": "x" * 600_000})  # in memory, not a temp file
+    headers = api.headers({"Accept": "application/json", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r: Any = api.http.post("/run-file", data=body, headers=headers)
+    assert (r.json["status"], r.json["stdout"]) == ("succeeded", "600000\n"), r.json

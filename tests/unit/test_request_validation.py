@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any, cast
 
 import pytest
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
 from app.services import EXTENSION
 from tests.helpers import Api, json_of
@@ -16,9 +19,9 @@ def api(app) -> Api:
     return Api(app)
 
 
-def post_files(api: Api, files: list[tuple[bytes, str]], **form: str):
+def post_files(api: Api, files: list[tuple[bytes, str]], query: str = "", **form: str):
     data = {"files[]": [(io.BytesIO(c), n) for c, n in files], **form}
-    return api.http.post("/run-file", data=data, headers=api.headers())
+    return api.http.post(f"/run-file{query}", data=data, headers=api.headers())
 
 
 def assert_error(r, status: int, code: str) -> dict:
@@ -267,3 +270,110 @@ def test_the_document_says_where_it_was_fetched_from_and_types_every_form_field(
     assert "maxLength" not in form["env"] and form["env"]["maxProperties"] == 64
     encoding = doc["paths"]["/run-file"]["post"]["requestBody"]["content"]["multipart/form-data"]["encoding"]
     assert encoding == {"args": {"contentType": "application/json"}, "env": {"contentType": "application/json"}}
+
+
+SURROGATE = "\ud800"  # JSON can spell a lone surrogate (as the escape \ud800); UTF-8 has no form for it
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"code": SURROGATE}, "code"),
+        ({"code": ["print(1)", SURROGATE]}, "code"),
+        ({"stdin": SURROGATE}, "stdin"),
+        ({"args": ["ok", SURROGATE]}, "args"),
+        ({"env": {"A": SURROGATE}}, "env"),
+        ({"callback_url": f"https://example.com/{SURROGATE}"}, "callback_url"),
+        ({"script_name": f"{SURROGATE}.py"}, "script_name"),
+        ({"requirements": [SURROGATE]}, "requirements"),
+    ],
+)
+def test_text_with_no_utf8_form_is_400_naming_the_field(api: Api, fields: dict[str, Any], field: str) -> None:
+    body = {"script_name": "main.py", "code": "print(1)", **fields}
+    r = api.http.post("/run-json?async=1", json=body, headers=api.headers())  # Flask's JSON escapes it as \ud800
+    err = assert_error(r, 400, "validation_failed")
+    assert field in err["details"]
+    assert no_jobs_recorded(api)
+
+
+def test_form_fields_with_no_utf8_form_are_400_naming_the_field(api: Api) -> None:
+    for field, text in (("args", '["ok", "\\ud800"]'), ("env", '{"A": "\\ud800"}')):
+        r = post_files(api, [(b"print(1)", "main.py")], query="?async=1", **{field: text})
+        assert field in assert_error(r, 400, "validation_failed")["details"]
+    assert no_jobs_recorded(api)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://example.com/\n", "https://example.com/a\tb", "https://exa\x01mple.com/", "https://example.com/\x7f"],
+)
+def test_a_callback_url_with_a_control_character_is_400(api: Api, url: str) -> None:
+    r = api.run_json("", query="?async=1", callback_url=url)
+    assert "callback_url" in assert_error(r, 400, "validation_failed")["details"]
+    r = post_files(api, [(b"", "main.py")], query="?async=1", callback_url=url)
+    assert "callback_url" in assert_error(r, 400, "validation_failed")["details"]
+    assert no_jobs_recorded(api)
+
+
+def post_chunked(api: Api, body: bytes):
+    """A JSON body as a chunked request brings it: no Content-Length, the server ending the stream."""
+    headers = api.headers({"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    return api.http.post(
+        "/run-json?async=1",
+        input_stream=io.BytesIO(body),
+        headers=headers,
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+    )
+
+
+def test_a_chunked_body_past_the_cap_is_413_as_one_with_a_length_is(make_app) -> None:
+    api = Api(make_app(max_body_bytes=1000))
+    body = json.dumps({"script_name": "main.py", "code": "#" * 2000}).encode()
+    sized = api.http.post("/run-json", data=body, headers=api.headers({"Content-Type": "application/json"}))
+    expected = assert_error(sized, 413, "payload_too_large")
+    assert assert_error(post_chunked(api, body), 413, "payload_too_large") == expected
+    padded = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode() + b" " * 2000  # valid in the cap
+    assert_error(post_chunked(api, padded), 413, "payload_too_large")
+    assert no_jobs_recorded(api)
+    start = b'{"script_name": "main.py", "code": "", "colour": "'
+    at_the_cap = start + b"x" * (1000 - len(start) - 2) + b'"}'
+    err = assert_error(post_chunked(api, at_the_cap), 400, "validation_failed")
+    assert "colour" in err["details"]  # read whole: a body of exactly the cap is not too large
+
+
+def test_a_form_stdin_has_the_documented_limit_and_past_it_a_413_naming_it(make_app) -> None:
+    """Above Flask's own limit on a form's text part (500 kB), RUNNER_MAX_FILE_BYTES applies, as to JSON's stdin."""
+    api = Api(make_app(max_file_bytes=600_000))
+    script = FileStorage(io.BytesIO(b"print(1)"), "main.py")
+    boundary, body = encode_multipart({"files[]": script, "stdin": "x" * 600_001})  # in memory, not a temp file
+    headers = api.headers({"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r = api.http.post("/run-file?async=1", data=body, headers=headers)
+    message = assert_error(r, 413, "payload_too_large")["message"]
+    assert "stdin" in message and "600000" in message
+    assert no_jobs_recorded(api)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store_api(make_app, request: pytest.FixtureRequest) -> Api:
+    if request.param == "sqlite":
+        return Api(make_app())
+    return Api(make_app(database_url=request.getfixturevalue("postgres").new_database()))
+
+
+def test_a_job_id_not_of_the_services_making_is_404_as_a_missing_job_is(any_store_api: Api) -> None:
+    """Never sent to the store: PostgreSQL refuses a NUL (a 500), and no job has such an id anyway."""
+    api = any_store_api
+
+    def missing(job_id: str) -> dict[str, Any]:
+        return {"error": {"code": "not_found", "message": f"No job {job_id!r} for this client.", "details": None}}
+
+    assert json_of(api.get(f"/status/{'0' * 24}")) == missing("0" * 24)  # well formed, but no such job
+    for sent, job_id in (("abc%00", "abc\0"), ("0" * 23 + "%00", "0" * 23 + "\0"), ("resumed1", "resumed1")):
+        for method, path in (
+            ("GET", f"/status/{sent}"),
+            ("GET", f"/status/{sent}/output"),
+            ("GET", f"/status/{sent}/artifacts/a.txt"),
+            ("DELETE", f"/jobs/{sent}"),
+        ):
+            r = api.http.open(path, method=method, headers=api.headers())
+            assert (r.status_code, r.json) == (404, missing(job_id)), path
