@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from app.errors import TooManyStreams
 
@@ -33,13 +33,42 @@ class Followers:
                     headers={"Retry-After": "5"},
                 )
             self._reading[client] += 1
-        return self._counted(client, chunks)
+        return _Place(chunks, lambda: self._leave(client))
 
-    def _counted(self, client: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    def _leave(self, client: str) -> None:
+        with self._lock:
+            self._reading[client] -= 1
+            if not self._reading[client]:
+                del self._reading[client]
+
+
+class _Place:
+    """A counted stream's chunks; its place is given back once, when they end or when the answer is closed.
+
+    A server closes every answer, read or not: a HEAD's body is never read, nor is one whose reader left first (a
+    generator's `finally` would not run then: a generator that never started ignores its close).
+    """
+
+    def __init__(self, chunks: Iterator[bytes], leave: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._leave: Callable[[], None] | None = leave
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
         try:
-            yield from chunks
+            return next(self._chunks)
+        except BaseException:  # the end, or a failure: either way the stream is over
+            self.close()
+            raise
+
+    def close(self) -> None:
+        leave, self._leave = self._leave, None
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
         finally:
-            with self._lock:
-                self._reading[client] -= 1
-                if not self._reading[client]:
-                    del self._reading[client]
+            if leave is not None:
+                leave()

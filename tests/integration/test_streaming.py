@@ -84,6 +84,23 @@ def test_a_client_may_follow_at_most_its_limit_of_live_outputs(make_app, base_im
         assert alice.get(f"/status/{job}/output").status_code == 200
 
 
+def test_a_head_of_a_live_output_holds_no_place(make_app, base_image: str, docker_client) -> None:
+    """A HEAD's body is never read (werkzeug sends none): its place is given back when the answer is closed."""
+    app = make_app(base_image=base_image, followers_per_client=1)
+    alice = Api(app, "alice")
+    job = alice.run_json("import time; print('go', flush=True); time.sleep(30)", query="?async=1").json["job_id"]
+    try:
+        for _ in range(3):
+            with alice.http.head(f"/status/{job}/output", headers=alice.headers()) as head:  # closed, as servers do
+                assert (head.status_code, head.data) == (200, b"")
+        stream = alice.http.get(f"/status/{job}/output", headers=alice.headers(), buffered=False)
+        assert stream.status_code == 200
+        assert read_line(chunks_of(stream)) == b"go\n"
+        stream.close()
+    finally:
+        assert alice.delete(f"/jobs/{job}").status_code == 200
+
+
 def events_of(response) -> list[dict]:
     assert response.status_code == 200 and response.mimetype == "application/x-ndjson"
     return [json.loads(line) for line in response.data.splitlines()]
