@@ -84,18 +84,35 @@ class Usage:
     peak_memory_bytes: int | None
 
 
+BYTES = "application/octet-stream"
+# What a browser shows without running anything; any other file (HTML, SVG, scripts, XML...) is served as bytes.
+PASSIVE_TYPES = frozenset((
+    "text/plain", "text/csv", "application/json", "application/pdf", BYTES,
+    "image/png", "image/jpeg", "image/gif", "image/webp",
+))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """A file the script left in /sandbox/out, as the job lists it (its bytes are stored apart)."""
+    """A file the script left in /sandbox/out, as the job lists it (its bytes are stored apart).
+
+    Its content type is one of PASSIVE_TYPES, also for a record saved before there was that list: the job lists
+    the type its download is served with.
+    """
 
     name: str
     size: int
     sha256: str
     content_type: str
 
+    def __post_init__(self) -> None:
+        if self.content_type not in PASSIVE_TYPES:
+            object.__setattr__(self, "content_type", BYTES)
+
     @classmethod
     def of(cls, name: str, data: bytes) -> Artifact:
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        guessed, encoding = mimetypes.guess_type(name)
+        content_type = guessed if guessed and encoding is None else BYTES  # data.csv.gz is not text/csv
         return cls(name, len(data), hashlib.sha256(data).hexdigest(), content_type)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from app.models import BYTES, Artifact, Job, Limits, Status
 from app.services import EXTENSION
 from tests.helpers import Api, wait_until
 from tests.package_index import serve_index
@@ -49,10 +53,41 @@ def test_output_files_come_back_listed_and_downloadable(api: Api) -> None:
     assert got.status_code == 200
     assert got.data == data
     html = api.get(listed["report.html"]["url"])
-    assert html.mimetype == "text/html"
+    assert html.mimetype == listed["report.html"]["content_type"] == "application/octet-stream"  # never rendered
     assert html.headers["Content-Disposition"] == 'attachment; filename="report.html"'
     assert html.headers["X-Content-Type-Options"] == "nosniff"
     assert html.headers["Content-Security-Policy"] == "sandbox"
+    for artifact in listed.values():  # the job lists the type each file is served with
+        assert api.get(artifact["url"]).mimetype == artifact["content_type"]
+
+
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [("notes.txt", "text/plain"), ("rows.csv", "text/csv"), ("cfg.json", "application/json"),
+     ("chart.png", "image/png"), ("photo.jpg", "image/jpeg"), ("anim.gif", "image/gif"), ("pic.webp", "image/webp"),
+     ("report.pdf", "application/pdf"), ("data.bin", BYTES),
+     ("page.html", BYTES), ("page.htm", BYTES), ("logo.svg", BYTES), ("app.js", BYTES), ("page.xhtml", BYTES),
+     ("feed.xml", BYTES), ("style.css", BYTES), ("rows.csv.gz", BYTES), ("data.parquet", BYTES)],
+)  # fmt: skip
+def test_only_passive_types_are_served_as_themselves_anything_else_as_bytes(name: str, served: str) -> None:
+    assert Artifact.of(name, b"x").content_type == served
+
+
+def test_a_file_listed_before_there_were_passive_types_is_listed_and_served_as_bytes(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app()
+    api, store = Api(app), app.extensions[EXTENSION].store
+    job = Job("0" * 23 + "1", api.name, Status.SUCCEEDED, Limits(30, 256, 1.0), "main.py", created_at=time.time(),
+              finished_at=time.time(), artifacts=[Artifact.of("page.html", b"<b>hi</b>")])  # fmt: skip
+    store.save_job(job)
+    store.save_artifacts(job.id, [(job.artifacts[0], b"<b>hi</b>")])
+    with sqlite3.connect(app.extensions[EXTENSION].settings.data_dir / "runner.sqlite3") as conn:
+        listed = json.dumps([{**job.artifacts[0].__dict__, "content_type": "text/html"}])  # as an older release did
+        conn.execute("UPDATE jobs SET artifacts = ? WHERE id = ?", (listed, job.id))
+    conn.close()
+    (artifact,) = api.get(f"/status/{job.id}").json["artifacts"]
+    assert api.get(artifact["url"]).mimetype == artifact["content_type"] == BYTES
 
 
 def test_output_files_are_their_owners_only(api: Api) -> None:
