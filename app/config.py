@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class Settings:
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
             raise ValueError(f"RUNNER_LOG_FORMAT must be text or json, not {self.log_format!r}")
+        parse_allow(self.webhook_allow)  # a mistyped network stops the start, not each webhook
         if self.queue_url and not self.database_url:
             raise ValueError(
                 "RUNNER_QUEUE_URL needs RUNNER_DATABASE_URL: API nodes and workers must share one job store"
@@ -150,3 +152,14 @@ def _convert(name: str, type_name: str, raw: str) -> Any:
         return converters[type_name](raw)
     except ValueError as e:
         raise ValueError(f"setting {name}: cannot read {raw!r} as {type_name}") from e
+
+
+def parse_allow(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """RUNNER_WEBHOOK_ALLOW: comma-separated CIDRs the operator allows even though they are not public.
+
+    :raises ValueError: a part is not a network, or has host bits set (`192.168.1.5/0` would allow everything).
+    """
+    try:
+        return tuple(ipaddress.ip_network(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise ValueError(f"RUNNER_WEBHOOK_ALLOW: {e} (comma-separated networks, e.g. 10.0.0.0/8,fd00::/8)") from e

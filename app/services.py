@@ -19,7 +19,7 @@ from flask import current_app
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from app.config import Settings
+from app.config import Settings, parse_allow
 from app.images.cache import ImageCache
 from app.images.client_images import ClientImages
 from app.jobs.executor import JobExecutor, ThreadJobExecutor
@@ -31,7 +31,7 @@ from app.jobs.service import DRAINED, JobService
 from app.jobs.store_budget import StoreBudget
 from app.jobs.streams import REDIS_ERRORS, RedisOutputs
 from app.jobs.watchdog import Watchdog, alive_key, lost_worker_message, start_watchdog
-from app.jobs.webhooks import WebhookSender, WebhookStore, parse_allow
+from app.jobs.webhooks import WebhookSender, WebhookStore
 from app.metrics import Metrics
 from app.models import Job, Status
 from app.sandbox.container import SandboxPolicy, remove_leftovers

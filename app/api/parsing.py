@@ -11,10 +11,10 @@ from marshmallow import Schema, ValidationError
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from app.config import Settings
+from app.config import Settings, parse_allow
 from app.errors import PayloadTooLarge, ValidationFailed
 from app.images.deps import REQUIREMENTS_FILE, check_detected_count, parse_requirements
-from app.jobs.webhooks import check_callback_url, parse_allow
+from app.jobs.webhooks import check_callback_url
 from app.models import JOB_ID, PageCursor, RunSpec, Status
 from app.sandbox.agent import OUT_DIR
 from app.sandbox.limits import resolve_limits

@@ -11,6 +11,7 @@ from urllib.parse import quote
 from marshmallow import Schema, ValidationError, fields, validate
 
 from app.clients import NAME, NAME_MAX_LENGTH, NAME_RULE
+from app.images.deps import MAX_REQUIREMENT_CHARS
 from app.models import Job, Status
 from app.times import rfc3339
 
@@ -169,7 +170,7 @@ class LimitsSchema(Schema):
 
 class RunJsonSchema(LimitsSchema, InputSchema):
     requirements = fields.List(
-        fields.String(validate=[validate.Length(min=1, max=200), utf8]),
+        fields.String(validate=[validate.Length(min=1, max=MAX_REQUIREMENT_CHARS), utf8]),
         validate=validate.Length(max=50),
         metadata={"description": "Packages to install (pins honoured); default: detected from the imports."},
     )
@@ -182,6 +183,7 @@ class RunJsonSchema(LimitsSchema, InputSchema):
                 error="Must be a .py file name of letters, digits, '_', '-' and '.', with no path (e.g. main.py).",
             ),
             utf8,
+            no_controls,  # the pattern's `$` also matches before a final newline
         ],
         metadata={"example": "main.py"},
     )

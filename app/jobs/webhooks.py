@@ -45,17 +45,6 @@ class DeliveryFailed(Exception):
     """One attempt did not get a 2xx answer; the message is shown to the job's owner."""
 
 
-def parse_allow(text: str) -> tuple[IpNetwork, ...]:
-    """RUNNER_WEBHOOK_ALLOW: comma-separated CIDRs the operator allows even though they are not public.
-
-    :raises ValueError: a part is not a network, or has host bits set (`192.168.1.5/0` would allow everything).
-    """
-    try:
-        return tuple(ipaddress.ip_network(part.strip()) for part in text.split(",") if part.strip())
-    except ValueError as e:
-        raise ValueError(f"RUNNER_WEBHOOK_ALLOW: {e} (comma-separated networks, e.g. 10.0.0.0/8,fd00::/8)") from e
-
-
 def is_public(address: IpAddress) -> bool:
     """Whether a packet to `address` ends up at a public address, including IPv4 addresses carried in IPv6 ones."""
     if isinstance(address, ipaddress.IPv4Address):

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from flask import Flask
 
 from app.cli import cli
-from app.jobs.webhooks import DeliveryFailed, parse_allow, post
+from app.config import parse_allow
+from app.jobs.webhooks import DeliveryFailed, post
 from app.services import EXTENSION
 from tests.helpers import Api, wait_until
 from tests.receiver import Receiver

@@ -69,3 +69,9 @@ def test_a_shared_queue_without_a_shared_store_is_refused() -> None:
     with pytest.raises(ValueError, match="RUNNER_DATABASE_URL"):
         Settings.from_env({"RUNNER_QUEUE_URL": "redis://localhost/0"})
     assert Settings.from_env({"RUNNER_QUEUE_URL": "redis://q/0", "RUNNER_DATABASE_URL": "postgresql://d/r"}).queue_url
+
+
+def test_a_mistyped_webhook_network_stops_the_start() -> None:
+    with pytest.raises(ValueError, match=r"RUNNER_WEBHOOK_ALLOW: 192\.168\.1\.5/0 has host bits set"):
+        Settings.from_env({"RUNNER_WEBHOOK_ALLOW": "192.168.1.5/0"})
+    assert Settings.from_env({"RUNNER_WEBHOOK_ALLOW": "10.0.0.0/8,fd00::/8"}).webhook_allow == "10.0.0.0/8,fd00::/8"

@@ -57,6 +57,8 @@ def test_data_files_need_a_script_and_cannot_be_the_entrypoint(api: Api) -> None
 def test_json_script_name_is_checked_like_an_upload(api: Api) -> None:
     r = api.run_json("print(1)", script_name="../../x.py")
     assert_error(r, 400, "validation_failed")
+    err = assert_error(api.run_json("print(1)", script_name="main.py\n"), 400, "validation_failed")
+    assert "script_name" in err["details"]
 
 
 def test_unknown_fields_are_rejected(api: Api) -> None:

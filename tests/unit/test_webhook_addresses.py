@@ -6,8 +6,9 @@ import ipaddress
 
 import pytest
 
+from app.config import parse_allow
 from app.errors import ValidationFailed
-from app.jobs.webhooks import check_callback_url, parse_allow, refusal, sign
+from app.jobs.webhooks import check_callback_url, refusal, sign
 
 
 @pytest.mark.parametrize(
