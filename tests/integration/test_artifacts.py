@@ -126,6 +126,25 @@ def test_links_devices_fifos_and_folders_are_left_out_saying_why(api: Api) -> No
     assert "nested: a folder" in job["message"]
 
 
+def test_thousands_of_entries_left_out_are_named_twenty_and_counted(api: Api) -> None:
+    r = api.run_json(
+        ["import os", "for n in range(5000): os.mkdir(f'out/d{n:04}')", "open('out/kept.txt', 'w').write('k')"]
+    )
+    job = r.json
+    assert job["status"] == "succeeded", job
+    assert [a["name"] for a in job["artifacts"]] == ["kept.txt"]
+    assert "d0000: a folder" in job["message"] and "d0019: a folder" in job["message"]
+    assert "d0020" not in job["message"]
+    assert job["message"].endswith("; and 4980 more.")
+    assert len(job["message"]) < 2000
+
+
+def test_an_out_folder_replaced_by_a_link_is_not_followed(api: Api) -> None:
+    r = api.run_json(["import os", "os.rmdir('out')", "os.symlink('/etc', 'out')"])
+    assert r.json["status"] == "succeeded", r.json
+    assert r.json["artifacts"] == []
+
+
 def test_bounds_keep_the_first_files_and_name_the_rest(make_app: Callable[..., Flask], base_image: str) -> None:
     api = Api(make_app(base_image=base_image, max_artifacts=2, max_artifact_bytes=10_000))
     r = api.run_json(
