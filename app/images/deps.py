@@ -73,7 +73,7 @@ def detect_imports(files: Mapping[str, bytes]) -> set[str]:
 
 IMPORT_WORD = re.compile(rb"import")  # a literal search is ~15x faster than with \b; the line checks decide
 FROM_LINE = re.compile(rb"[ \t]*from[ \t]+([A-Za-z_][A-Za-z0-9_]*+)[A-Za-z0-9_.]*+[ \t]+import\b[^\\;]*")
-RELATIVE_LINE = re.compile(rb"[ \t]*from[ \t]+\.++[A-Za-z0-9_.]*+[ \t]+import\b[^\\]*")
+RELATIVE_LINE = re.compile(rb"[ \t]*from[ \t]+\.++[A-Za-z0-9_.]*+[ \t]+import\b[^\\;]*")
 IMPORT_LINE = re.compile(rb"[ \t]*import[ \t]++([A-Za-z0-9_., \t]*+)(?:#[^\\]*)?")
 
 

@@ -240,8 +240,9 @@ def wheel_members(archive: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarF
                 continue
             base = name.removeprefix("wheels/")
             try:
-                # A plain file: isreg() also admits sparse members, which expand to any size they declare.
-                plain = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)
+                # A plain file: isreg() also admits sparse members (GNU's type, or PAX records on a plain type),
+                # which expand to any size they declare.
+                plain = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
                 if not (plain and name.startswith("wheels/") and "/" not in base and base.endswith(".whl")):
                     raise InvalidWheelFilename(name)
                 parse_wheel_filename(base)

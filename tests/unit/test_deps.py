@@ -156,6 +156,7 @@ STDLIB_ONLY = ImageEnvironment(stdlib=frozenset(sys.stdlib_module_names), instal
         (b'"""Usage:\nimport yaml\n"""\nprint(1)\n', set()),  # looks like an import, is a string: the parse says
         (b"x = 1; import yamlish\n", {"yamlish"}),  # not a plain import line: parsed
         (b"from os import path; import yamlish\n", {"yamlish"}),  # a second statement after a from-import: parsed
+        (b"from . import a; import yamlish\n", {"yamlish"}),
         (b"import os, \\\n    yamlish\n", {"yamlish"}),  # continued: parsed
         (b"try: import fastjson\nexcept ImportError: pass\n", {"fastjson"}),
         (b"from . import helper\nfrom .sub import x\n", set()),  # the client's own package

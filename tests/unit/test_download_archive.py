@@ -57,13 +57,21 @@ def test_anything_but_a_regular_wheel_stops_the_build(tmp_path: Path, member: tu
         list(wheel_members(path))
 
 
-@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_SPARSE, tarfile.CONTTYPE], ids=["sparse", "contiguous"])
-def test_a_wheel_that_is_no_plain_file_stops_the_build(tmp_path: Path, kind: bytes) -> None:
+PAX_SPARSE = {"GNU.sparse.size": str(10**12), "GNU.sparse.map": "0,3", "GNU.sparse.name": f"wheels/{WHEEL}"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "pax"),
+    [(tarfile.GNUTYPE_SPARSE, None), (tarfile.REGTYPE, PAX_SPARSE), (tarfile.CONTTYPE, None)],
+    ids=["sparse", "pax-sparse", "contiguous"],
+)
+def test_a_wheel_that_is_no_plain_file_stops_the_build(tmp_path: Path, kind: bytes, pax: dict[str, str] | None) -> None:
     """tarfile counts these as regular files; a sparse one expands to whatever size its header declares."""
     path = tmp_path / "a.tar"
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT if pax else tarfile.GNU_FORMAT) as tar:
         info = tarfile.TarInfo(f"wheels/{WHEEL}")
         info.type, info.size = kind, 3
+        info.pax_headers = pax or {}
         tar.addfile(info, io.BytesIO(b"zip"))
     with pytest.raises(BuildFailed, match="something other than wheels"):
         list(wheel_members(path))
