@@ -8,6 +8,7 @@ import hmac
 import importlib.util
 import logging
 import marshal
+import re
 import secrets
 import select
 import threading
@@ -204,6 +205,9 @@ class AgentReader:
         del self._buffer[:start]
 
 
+MORE = re.compile(rb"and ([0-9]{1,12}) more")  # agent.send_artifacts' last line when it named MAX_LEFT_OUT
+
+
 class ArtifactCollector:
     """The output files the agent sends after the script's exit, bounded again here (the stream is the container's).
 
@@ -220,7 +224,10 @@ class ArtifactCollector:
 
     def take(self, kind: bytes, data: bytes) -> None:
         if kind == b"X":
-            self._leave_out(data.decode(errors="replace")[:200])
+            if counted := MORE.fullmatch(data):  # the agent's count of the entries it did not name
+                self._uncounted += int(counted[1])
+            else:
+                self._leave_out(data.decode(errors="replace")[:200])
         elif kind == b"A":
             self._close()
             self._current = (data.decode(errors="replace")[: MAX_ARTIFACT_NAME + 1], [])
@@ -233,7 +240,7 @@ class ArtifactCollector:
 
     def finish(self) -> tuple[tuple[tuple[Artifact, bytes], ...], tuple[str, ...]]:
         self._close()
-        more = [f"and {self._uncounted} more entries"] if self._uncounted else []
+        more = [f"and {self._uncounted} more"] if self._uncounted else []
         return tuple(self.kept), (*self._left_out, *more)
 
     def _leave_out(self, reason: str) -> None:

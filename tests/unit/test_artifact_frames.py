@@ -45,4 +45,15 @@ def test_reasons_for_left_out_files_are_bounded() -> None:
     _, left_out = collector.finish()
     assert len(left_out) == MAX_LEFT_OUT + 2
     assert left_out[0] == "entry0: not a regular file"
-    assert left_out[-1] == f"and {100_000 - MAX_LEFT_OUT - 1} more entries"
+    assert left_out[-1] == f"and {100_000 - MAX_LEFT_OUT - 1} more"
+
+
+def test_the_agents_count_of_unnamed_entries_is_kept_with_the_hosts_own() -> None:
+    collector = ArtifactCollector(max_count=20, max_bytes=MIB)
+    for name in (b"a b.txt", b"c d.txt"):  # names the host refuses itself
+        collector.take(b"A", name)
+    for n in range(MAX_LEFT_OUT):
+        collector.take(b"X", f"d{n}: a folder (nested folders are not sent back)".encode())
+    collector.take(b"X", b"and 4980 more")
+    _, left_out = collector.finish()
+    assert left_out[-1] == "and 4981 more"  # one of the host's refusals had no room left to be named
