@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import selectors
 import threading
+import time
+from functools import partial
 from typing import Any
 
 from flask import Flask
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from app import create_app
 from app.config import Settings
@@ -56,6 +60,9 @@ class RunnerServer(BaseApplication):
 class RunnerWorker(ThreadWorker):
     """Gunicorn's threaded worker, with time limits on slow clients and a drain on SIGTERM.
 
+    - A new connection waits for its first bytes on the poller, never on a thread, and is closed after
+      RUNNER_HTTP_READ_TIMEOUT_S without any (gunicorn 27 gives it a thread for 5 s first: a dozen silent
+      connections a second would take every thread).
     - Each connection's socket is a DeadlineSocket (app/slow_clients.py): a request must arrive within
       RUNNER_HTTP_READ_TIMEOUT_S, and each write of an answer complete within RUNNER_HTTP_WRITE_TIMEOUT_S.
     - The stock worker stops accepting at once on SIGTERM. This one keeps serving while the service drains (new
@@ -66,6 +73,21 @@ class RunnerWorker(ThreadWorker):
     def init_process(self) -> None:
         gunicorn_util.write_error = write_json_error  # requests gunicorn refuses itself get our JSON shape too
         super().init_process()
+
+    def accept(self, listener: Any) -> None:
+        """Gunicorn's accept, but the connection waits with those it defers for data (see the class)."""
+        try:
+            sock, address = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        sock.setblocking(False)
+        conn = TConn(self.cfg, sock, address, listener.getsockname())
+        conn.timeout = time.monotonic() + self.wsgi.extensions[EXTENSION].settings.http_read_timeout_s
+        self.pending_conns.append(conn)  # closed by gunicorn's murder_pending once its time is up
+        self.poller.register(sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
 
     def enqueue_req(self, conn: Any) -> None:
         if not isinstance(conn.sock, DeadlineSocket):

@@ -260,6 +260,17 @@ def test_half_sent_requests_are_dropped_and_cannot_take_every_thread(strict_serv
     assert "sent its request too slowly" in (tmp_path / "server.log").read_text()
 
 
+def test_connections_that_send_nothing_take_no_thread(strict_server: Served) -> None:
+    silent = [socket.create_connection(("127.0.0.1", strict_server.port)) for _ in range(8)]  # twice the threads
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert healthz_status(strict_server.port) == 200
+    assert time.monotonic() - started < 2  # gunicorn's own accept held each thread 5 s for them
+    for s in silent:
+        assert closed_within(s, 4) is not None  # RUNNER_HTTP_READ_TIMEOUT_S is 2 s here
+        s.close()
+
+
 def test_a_reader_that_stops_reading_is_dropped(strict_server: Served, tmp_path: Path) -> None:
     port, key = strict_server.port, strict_server.key
     s = socket.socket()
