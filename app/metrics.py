@@ -99,11 +99,38 @@ def authorized(header: str | None, token: str) -> bool:
     return not token or hmac.compare_digest((header or "").encode(), f"Bearer {token}".encode())
 
 
+SCRAPERS = 8  # connections a worker's metrics server serves at once; more are closed at once
+
+
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most SCRAPERS of them: half-sent requests cannot pile up threads in a worker."""
+
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(SCRAPERS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # each read of a request: a stalled client gives its slot back
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 

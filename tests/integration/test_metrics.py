@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -11,12 +13,12 @@ import requests
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import Metrics, serve_metrics
+from app.metrics import SCRAPERS, Metrics, serve_metrics
 from app.sandbox.container import Run
 from app.sandbox.janitor import GRACE_S
 from app.sandbox.limits import resolve_limits
 from app.services import EXTENSION, Services
-from tests.helpers import Api, json_of
+from tests.helpers import Api, json_of, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -123,5 +125,28 @@ def test_a_worker_serves_its_own_metrics_behind_the_token() -> None:
         assert r.status_code == 200
         assert value(parse(r.text), "runner_runs_total", status="succeeded") == 3
     finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_half_sent_scrapes_cannot_pile_up_threads_in_a_worker() -> None:
+    server = serve_metrics(Metrics(), "127.0.0.1", 0, "tok")
+    before = threading.active_count()
+    stalled = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", server.server_port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")  # headers never end
+            stalled.append(s)
+        time.sleep(0.5)
+        assert threading.active_count() - before <= SCRAPERS
+        for s in stalled:
+            s.close()
+        url = f"http://127.0.0.1:{server.server_port}/metrics"  # the slots are back once those connections end
+        assert wait_until(lambda: threading.active_count() - before <= 1, timeout=10)
+        assert requests.get(url, headers={"Authorization": "Bearer tok"}, timeout=5).ok
+    finally:
+        for s in stalled:
+            s.close()
         server.shutdown()
         server.server_close()
