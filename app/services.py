@@ -250,6 +250,7 @@ class Services:
 
         return Janitor(
             self.docker, self.settings.instance, cluster=self.policy.cluster,
+            # The pool's first: a run being taken is claimed by the runner before it leaves the pool (see take).
             in_use=lambda: self.pool.container_ids() | self.runner.active_containers(),
             job_running=job_running, alive=self._worker_alive if self.distributed else lambda instance: None,
             metrics=self.metrics, build_timeout_s=self.settings.build_timeout_s,

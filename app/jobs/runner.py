@@ -189,7 +189,7 @@ class JobRunner:
             self._image_cache.admit(docker, tag, spec.client)
         if token.cancelled:
             return RunOutcome.cancelled_before_start()
-        run = self._pool.take(image_id, spec.limits) or Run(
+        run = self._pool.take(image_id, spec.limits, claim=self._active.add) or Run(
             docker, image_id, spec.limits, self._policy, {"job": job.id, "client": spec.client}, self._metrics
         )
         cleanup.callback(self._pool.replenish, image_id)  # runs after the removal below

@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.errors import RunnerError
@@ -64,8 +65,14 @@ class WarmPool:
             self._ready.setdefault(image_id, [])
         self.replenish(image_id)
 
-    def take(self, image_id: str, limits: Limits) -> Run | None:
-        """A started run for `image_id` with `limits`, or None (the caller starts one on demand)."""
+    def take(
+        self, image_id: str, limits: Limits, claim: Callable[[str], None] = lambda container_id: None
+    ) -> Run | None:
+        """A started run for `image_id` with `limits`, or None (the caller starts one on demand).
+
+        `claim` gets the run's container id before it leaves the pool (under the pool's lock): a sweep that reads
+        the pool's containers, then its caller's, finds it in one or the other at every moment.
+        """
         pooled = self._settings.limits
         if not self.enabled or (limits.memory_mb, limits.cpus) != (pooled.memory_mb, pooled.cpus):
             self._metrics.pool_takes.labels("bypass").inc()
@@ -82,6 +89,7 @@ class WarmPool:
                 candidate = warm.pop(0).run
                 if candidate.alive():
                     taken = candidate
+                    claim(taken.container_id)
                 else:  # killed behind our back (an engine restart, an operator): never hand it out
                     dead.append(candidate)
             if taken is None:

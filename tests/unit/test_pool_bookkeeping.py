@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -353,3 +354,33 @@ def test_a_run_starting_during_shutdown_is_removed_not_pooled(
     (run,) = runs
     assert run.removed
     assert pool.size() == 0
+
+
+def test_a_run_being_handed_out_is_in_the_pools_or_its_takers_containers_at_every_moment(
+    make_pool: Callable[..., WarmPool], runs: list[FakeRun]
+) -> None:
+    """What a janitor's sweep reads (the pool's containers, then the taker's) never misses it: none is reaped."""
+    pool = make_pool(size_per_image=2)
+    pool.warm("base")
+    assert filled(pool, 2)
+    dead = of(runs, "base")[0]
+    dead.dead = True
+    dead.remove = lambda: time.sleep(0.3)  # type: ignore[method-assign]  # take removes it before it returns
+    claimed: set[str] = set()
+    views: list[set[str]] = []
+    taking = threading.Event()
+
+    def sweep() -> None:
+        while taking.is_set():
+            views.append(pool.container_ids() | set(claimed))
+
+    taking.set()
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    try:
+        taken = pool.take("base", LIMITS, claim=claimed.add)
+    finally:
+        taking.clear()
+        sweeper.join()
+    assert taken is not None and taken.container_id in claimed
+    assert views and all(taken.container_id in view for view in views)
