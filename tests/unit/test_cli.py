@@ -71,6 +71,7 @@ def test_rotating_an_unknown_or_revoked_client_is_refused(runner: CliRunner) -> 
 
 def test_a_revoked_name_is_reused_only_when_asked_for(runner: CliRunner, tmp_path: Path) -> None:
     runner.invoke(cli, ["clients", "create", "acme"])
+    old_secret = runner.invoke(cli, ["clients", "webhook-secret", "acme"]).stdout.strip()
     runner.invoke(cli, ["clients", "revoke", "acme"])
     refused = runner.invoke(cli, ["clients", "create", "acme"])
     assert refused.exit_code != 0
@@ -80,6 +81,8 @@ def test_a_revoked_name_is_reused_only_when_asked_for(runner: CliRunner, tmp_pat
     key = reused.stdout.strip().splitlines()[-1]
     http = create_app({"data_dir": tmp_path}).test_client()
     assert http.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    new_secret = runner.invoke(cli, ["clients", "webhook-secret", "acme"]).stdout.strip()
+    assert new_secret.startswith("whsec_") and new_secret != old_secret  # the old holder cannot sign for the new
 
 
 def stored_job(job_id: str, client: str) -> Job:
