@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import requests
 
@@ -81,8 +82,9 @@ def submit(args: argparse.Namespace) -> int:
         return USAGE
     try:
         response = session.post(
-            f"{base}/run-file", data=form, files=files, headers={"Accept": NDJSON}, stream=True, timeout=(10, None)
-        )
+            f"{base}/run-file", data=form, files=files, headers={"Accept": NDJSON}, stream=True, timeout=(10, None),
+            allow_redirects=False,  # the files, env and stdin go to the service named, nowhere else
+        )  # fmt: skip
     except requests.RequestException as e:
         print(f"runner: the service at {base} cannot be reached: {e}", file=sys.stderr)
         return UNAVAILABLE
@@ -111,7 +113,7 @@ def submit(args: argparse.Namespace) -> int:
     if args.artifacts is not None:
         _download(session, base, result, args.artifacts)
     if args.json:
-        print(json.dumps(session.get(f"{base}/status/{job_id}", timeout=30).json(), indent=2))
+        print(json.dumps(session.get(f"{base}/status/{job_id}", timeout=30, allow_redirects=False).json(), indent=2))
     return _exit_code(result)
 
 
@@ -177,25 +179,31 @@ def _refused(response: requests.Response) -> int:
 def _cancel(session: requests.Session, base: str, job_id: str) -> None:
     print(f"\nrunner: cancelling job {job_id}", file=sys.stderr)
     try:
-        session.delete(f"{base}/jobs/{job_id}", timeout=30)
+        session.delete(f"{base}/jobs/{job_id}", timeout=30, allow_redirects=False)
     except requests.RequestException as e:
         print(f"runner: could not cancel job {job_id}: {e}", file=sys.stderr)
 
 
 def _download(session: requests.Session, base: str, result: dict[str, Any], folder: Path) -> None:
+    """Each output file into `folder`, asked for at the service named (never at a URL an answer carries)."""
     folder.mkdir(parents=True, exist_ok=True)
+    job = quote(str(result.get("job_id", "")), safe="")
     for artifact in result.get("artifacts") or []:
         name = Path(str(artifact["name"])).name  # the service allows plain names only; never a path here
         if not name or name in (".", ".."):
             continue
-        with session.get(f"{base}{artifact['url']}", stream=True, timeout=60) as r:
+        url = f"{base}/status/{job}/artifacts/{quote(name, safe='')}"
+        with session.get(url, stream=True, timeout=60, allow_redirects=False) as r:
             if r.status_code != 200:
-                print(f"runner: could not download {name}: HTTP {r.status_code}", file=sys.stderr)
+                print(f"runner: could not download {name!r}: HTTP {r.status_code}", file=sys.stderr)
                 continue
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)  # never through a link
-            with os.fdopen(os.open(folder / name, flags, 0o644), "wb") as f:
-                for chunk in r.iter_content(65536):
-                    f.write(chunk)
+            try:
+                with os.fdopen(os.open(folder / name, flags, 0o644), "wb") as f:
+                    for chunk in r.iter_content(65536):
+                        f.write(chunk)
+            except OSError as e:  # a folder or a link of that name there: said, not taken for the script's end
+                print(f"runner: could not write {name!r}: {e.strerror}", file=sys.stderr)
 
 
 def _exit_code(result: dict[str, Any]) -> int:
