@@ -290,7 +290,7 @@ class Services:
 
     def prepare_host(self) -> int:
         """Remove this instance's leftover containers, expire old jobs and warm the base image's pool."""
-        removed = remove_leftovers(self.docker.client, self.settings.instance)
+        removed = remove_leftovers(self.docker.client, self.settings.instance, self.policy.cluster)
         self.metrics.containers_reaped.labels("start").inc(removed)
         self.jobs.purge_expired()
         self.pool.warm(self.client_images.base_id(self.docker.client))  # the image of every run without packages

@@ -548,10 +548,15 @@ def runtime_registered(client: docker.DockerClient, runtime: str) -> bool:
         return runtime in (client.info().get("Runtimes") or {})
 
 
-def remove_leftovers(client: docker.DockerClient, instance: str) -> int:
-    """Remove every container this service instance left behind (after a crash); return how many."""
+def remove_leftovers(client: docker.DockerClient, instance: str, cluster: str = "") -> int:
+    """Remove every container this service instance left behind (after a crash); return how many.
+
+    Only its own deployment's (`cluster`, as SandboxPolicy.labels puts it): an instance of the same name elsewhere
+    keeps its containers.
+    """
     with translated(SandboxError, "Docker could not list or remove leftover containers"):
-        found = client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
+        listed = client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
+        found = [c for c in listed if (c.get("Labels") or {}).get(f"{LABEL}.cluster", "") == cluster]
         for c in found:
             client.api.remove_container(c["Id"], force=True, v=True)
     return len(found)

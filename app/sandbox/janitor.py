@@ -163,9 +163,10 @@ class Janitor:
         instance = labels.get(f"{LABEL}.instance")
         if instance is None:
             return "build_step" if self._build_step(c, labels, now) else None
+        if labels.get(f"{LABEL}.cluster", "") != self._cluster:
+            return None  # another deployment's, whatever its instance is called
         if instance != self._instance:
-            ours = bool(self._cluster) and labels.get(f"{LABEL}.cluster") == self._cluster
-            return "worker_dead" if ours and instance and self._alive(instance) is False else None
+            return "worker_dead" if self._cluster and instance and self._alive(instance) is False else None
         if c.get("State") != "running":
             return "exited"
         job = labels.get(f"{LABEL}.job")

@@ -18,7 +18,7 @@ import docker
 import pytest
 from flask import Flask
 
-from app.sandbox.container import LABEL, container_labels
+from app.sandbox.container import LABEL, container_labels, remove_leftovers
 from app.sandbox.docker_gateway import DockerGateway
 from app.sandbox.janitor import BUILD_LABEL, GRACE_S, REASONS, Janitor
 from app.services import EXTENSION
@@ -62,17 +62,19 @@ def exists(client: docker.DockerClient, cid: str) -> bool:
 def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.DockerClient, tmp_path: Path) -> None:
     me, sibling, dead, stranger = (f"jan-{uuid.uuid4().hex[:6]}-{n}" for n in ("me", "sib", "dead", "other"))
     keep = {
-        "pooled and waiting": labelled(me, pool="1"),
-        "running its job here": labelled(me, pool="1"),
-        "its job still runs": labelled(me, job="running-job"),
+        "pooled and waiting": labelled(me, cluster="c1", pool="1"),
+        "running its job here": labelled(me, cluster="c1", pool="1"),
+        "its job still runs": labelled(me, cluster="c1", job="running-job"),
         "a live sibling's": labelled(sibling, cluster="c1", job="x"),
         "another cluster's dead worker's": labelled(dead, cluster="c2", job="x"),
-        "an instance of unknown state": labelled(stranger, job="x"),
+        "an instance of unknown state": labelled(stranger, cluster="c1", job="x"),
+        "another cluster's instance of the same name": labelled(me, cluster="c2", job="done-job"),
+        "an embedded service's of the same name": labelled(me, running=False, job="done-job"),
     }
     garbage = {
-        "exited": labelled(me, running=False, job="done-job"),
-        "its job is over": labelled(me, job="done-job"),
-        "a pooled container the pool no longer holds": labelled(me, pool="1"),
+        "exited": labelled(me, cluster="c1", running=False, job="done-job"),
+        "its job is over": labelled(me, cluster="c1", job="done-job"),
+        "a pooled container the pool no longer holds": labelled(me, cluster="c1", pool="1"),
         "its worker is dead": labelled(dead, cluster="c1", pool="1"),
     }
     janitor = Janitor(
@@ -87,6 +89,15 @@ def test_a_sweep_removes_exactly_the_garbage(labelled, docker_client: docker.Doc
     assert {k: n for k, n in sweep.removed.items() if k != "dangling_image"} == {reason: 1 for reason in garbage}
     assert all(not exists(docker_client, cid) for cid in garbage.values())
     assert all(exists(docker_client, cid) for cid in keep.values())
+
+
+def test_leftovers_at_start_are_only_this_deployments(labelled, docker_client: docker.DockerClient) -> None:
+    me = f"jan-{uuid.uuid4().hex[:6]}-me"
+    mine = labelled(me, cluster="c1", job="x")
+    same_name_elsewhere = [labelled(me, cluster="c2", job="x"), labelled(me, job="x")]
+    assert remove_leftovers(docker_client, me, "c1") == 1
+    assert not exists(docker_client, mine)
+    assert all(exists(docker_client, cid) for cid in same_name_elsewhere)
 
 
 def _kill_second_engine() -> None:
