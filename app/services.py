@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 import redis
+import sqlalchemy.engine
 from flask import current_app
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -60,7 +61,7 @@ class Services:
             max_artifact_bytes=settings.max_artifact_bytes,
             instance=settings.instance,
             runtime=settings.runtime,
-            cluster=hashlib.sha256(settings.database_url.encode()).hexdigest()[:16] if settings.queue_url else "",
+            cluster=cluster_of(settings.database_url) if settings.queue_url else "",
         )
         self._stop = threading.Event()
         self.draining = threading.Event()  # set by drain(): no new jobs
@@ -330,3 +331,13 @@ def services() -> Services:
     """The Services of the current app."""
     found: Services = current_app.extensions[EXTENSION]
     return found
+
+
+def cluster_of(database_url: str) -> str:
+    """The id a distributed deployment's containers carry: its job store's address, without password or options.
+
+    The same after a password rotation, so a worker restarted under its name still finds what its last life left.
+    """
+    url = sqlalchemy.engine.make_url(database_url)
+    where = f"{url.get_backend_name()}://{url.username or ''}@{url.host or ''}:{url.port or ''}/{url.database or ''}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]

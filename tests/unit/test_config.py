@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from app.services import cluster_of
 
 
 def test_an_empty_environment_gives_the_defaults() -> None:
@@ -75,3 +76,11 @@ def test_a_mistyped_webhook_network_stops_the_start() -> None:
     with pytest.raises(ValueError, match=r"RUNNER_WEBHOOK_ALLOW: 192\.168\.1\.5/0 has host bits set"):
         Settings.from_env({"RUNNER_WEBHOOK_ALLOW": "192.168.1.5/0"})
     assert Settings.from_env({"RUNNER_WEBHOOK_ALLOW": "10.0.0.0/8,fd00::/8"}).webhook_allow == "10.0.0.0/8,fd00::/8"
+
+
+def test_a_deployments_container_label_survives_a_new_password_or_driver() -> None:
+    """A worker restarted after a password rotation still finds (and removes) what its last life left."""
+    before = cluster_of("postgresql+psycopg://runner:old@db:5432/jobs?sslmode=require")
+    assert cluster_of("postgresql://runner:new@db:5432/jobs") == before
+    assert cluster_of("postgresql+psycopg://runner:old@db2:5432/jobs") != before
+    assert cluster_of("postgresql+psycopg://runner:old@db:5432/other") != before
