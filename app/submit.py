@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 import requests
 
+from app.models import JOB_ID
+
 EXIT_CODES = {  # how a run that did not end with the script's own exit code ends this command
     "timed_out": 124,  # as timeout(1)
     "output_truncated": 125,
@@ -187,23 +189,38 @@ def _cancel(session: requests.Session, base: str, job_id: str) -> None:
 def _download(session: requests.Session, base: str, result: dict[str, Any], folder: Path) -> None:
     """Each output file into `folder`, asked for at the service named (never at a URL an answer carries)."""
     folder.mkdir(parents=True, exist_ok=True)
-    job = quote(str(result.get("job_id", "")), safe="")
+    job = str(result.get("job_id", ""))
+    if not JOB_ID.fullmatch(job):
+        print("runner: the answer names no job id; output files not downloaded", file=sys.stderr)
+        return
     for artifact in result.get("artifacts") or []:
         name = Path(str(artifact["name"])).name  # the service allows plain names only; never a path here
         if not name or name in (".", ".."):
             continue
-        url = f"{base}/status/{job}/artifacts/{quote(name, safe='')}"
-        with session.get(url, stream=True, timeout=60, allow_redirects=False) as r:
-            if r.status_code != 200:
-                print(f"runner: could not download {name!r}: HTTP {r.status_code}", file=sys.stderr)
-                continue
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)  # never through a link
+        try:
+            _download_one(session, f"{base}/status/{job}/artifacts/{quote(name, safe='')}", folder / name)
+        except requests.RequestException as e:  # an OSError too: caught first, it is the download's
+            print(f"runner: could not download {name!r}: {e}", file=sys.stderr)
+        except OSError as e:  # a folder or a link of that name there: said, not taken for the script's end
+            print(f"runner: could not write {name!r}: {e.strerror}", file=sys.stderr)
+
+
+def _download_one(session: requests.Session, url: str, path: Path) -> None:
+    """One output file to `path`, never through a link; a download cut short leaves no part of it.
+
+    :raises requests.RequestException: the download failed. :raises OSError: the file could not be written.
+    """
+    with session.get(url, stream=True, timeout=60, allow_redirects=False) as r:
+        if r.status_code != 200:
+            raise requests.HTTPError(f"HTTP {r.status_code}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(path, flags, 0o644), "wb") as f:
             try:
-                with os.fdopen(os.open(folder / name, flags, 0o644), "wb") as f:
-                    for chunk in r.iter_content(65536):
-                        f.write(chunk)
-            except OSError as e:  # a folder or a link of that name there: said, not taken for the script's end
-                print(f"runner: could not write {name!r}: {e.strerror}", file=sys.stderr)
+                for chunk in r.iter_content(65536):
+                    f.write(chunk)
+            except requests.RequestException:
+                path.unlink()  # the file opened above: ours
+                raise
 
 
 def _exit_code(result: dict[str, Any]) -> int:

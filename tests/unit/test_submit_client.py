@@ -96,3 +96,22 @@ def test_a_redirect_sends_the_request_nowhere_else(stand_in: Callable[[Handler],
     script.write_text("print(1)\n")
     assert main([str(script), "--url", service.url, "--key", "k", "--env", "TOKEN=secret"]) != 0
     assert elsewhere.seen == []
+
+
+def test_an_output_file_that_cannot_be_written_is_said_and_the_exit_stays_the_scripts(
+    stand_in: Callable[[Handler], StandIn], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = {**RESULT, "artifacts": [{"name": "a.txt", "url": f"/status/{JOB}/artifacts/a.txt"}]}
+
+    def answer(h: BaseHTTPRequestHandler) -> None:
+        if h.command == "POST":
+            reply(h, 200, json.dumps(listed).encode() + b"\n", **{"X-Job-Id": JOB})
+        else:
+            reply(h, 200, b"made there")
+
+    service = stand_in(answer)
+    script = tmp_path / "main.py"
+    script.write_text("print(1)\n")
+    (tmp_path / "got" / "a.txt").mkdir(parents=True)  # a folder where the file would go
+    assert main([str(script), "--url", service.url, "--key", "k", "--artifacts", str(tmp_path / "got")]) == 0
+    assert "could not write 'a.txt'" in capsys.readouterr().err
