@@ -46,10 +46,9 @@ def create_client(store: Store, name: str, *, reuse_revoked: bool = False) -> st
             f"Client {name!r} was revoked and its job history still belongs to that name: choose another name, "
             f"or give it a new key with `clients create {name} --reuse-revoked`."
         )
-    key = _new_key(store, name)
-    if existing is not None:  # the name's new holder must not share the old one's webhook secret
-        store.webhook_secret(name, rotate=True)
-    return key
+    if existing is not None:  # the name's new holder must not share the old one's webhook secret (first: a key
+        store.webhook_secret(name, rotate=True)  # is never active with the old secret)
+    return _new_key(store, name)
 
 
 def rotate_client(store: Store, name: str) -> str:

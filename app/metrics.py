@@ -127,6 +127,9 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.info("metrics: dropped a connection from %s (too slow, or it broke off)", client_address[0])
+
 
 class _QuietHandler(WSGIRequestHandler):
     timeout = 5  # each read of a request: a stalled client gives its slot back
