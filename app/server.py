@@ -47,6 +47,7 @@ class RunnerServer(BaseApplication):
         self.cfg.set("timeout", 0)
         self.cfg.set("graceful_timeout", int(s.drain_s) + 60)  # the drain, then the last answers are sent
         self.cfg.set("accesslog", "-")
+        self.cfg.set("control_socket_disable", True)  # no gunicorn control socket in the service user's home
         self.cfg.set("logger_class", GunicornLogger)
         self.cfg.set("worker_exit", _worker_exit)
 

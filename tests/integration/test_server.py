@@ -265,7 +265,7 @@ def test_connections_that_send_nothing_take_no_thread(strict_server: Served) -> 
     time.sleep(0.2)
     started = time.monotonic()
     assert healthz_status(strict_server.port) == 200
-    assert time.monotonic() - started < 2  # gunicorn's own accept held each thread 5 s for them
+    assert time.monotonic() - started < 4  # gunicorn's own accept held each thread 5 s for them (9.8 s here)
     for s in silent:
         assert closed_within(s, 4) is not None  # RUNNER_HTTP_READ_TIMEOUT_S is 2 s here
         s.close()
