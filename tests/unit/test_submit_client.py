@@ -69,10 +69,9 @@ JOB = "0123456789abcdef01234567"
 RESULT: dict[str, object] = {"type": "result", "job_id": JOB, "status": "succeeded", "exit_code": 0}
 
 
-def test_output_files_are_asked_for_at_the_service_whatever_url_it_lists(
-    stand_in: Callable[[Handler], StandIn], tmp_path: Path
-) -> None:
-    listed = {**RESULT, "artifacts": [{"name": "a.txt", "url": ".evil.example/steal"}]}
+def one_output_file(url: str) -> Handler:
+    """A service whose run ends listing one output file, a.txt, at `url`, and that answers any GET with its bytes."""
+    listed = {**RESULT, "artifacts": [{"name": "a.txt", "url": url}]}
 
     def answer(h: BaseHTTPRequestHandler) -> None:
         if h.command == "POST":
@@ -80,10 +79,20 @@ def test_output_files_are_asked_for_at_the_service_whatever_url_it_lists(
         else:
             reply(h, 200, b"made there")
 
-    service = stand_in(answer)
+    return answer
+
+
+def a_script(tmp_path: Path) -> str:
     script = tmp_path / "main.py"
     script.write_text("print(1)\n")
-    code = main([str(script), "--url", service.url, "--key", "k", "--artifacts", str(tmp_path / "got")])
+    return str(script)
+
+
+def test_output_files_are_asked_for_at_the_service_whatever_url_it_lists(
+    stand_in: Callable[[Handler], StandIn], tmp_path: Path
+) -> None:
+    service = stand_in(one_output_file(".evil.example/steal"))
+    code = main([a_script(tmp_path), "--url", service.url, "--key", "k", "--artifacts", str(tmp_path / "got")])
     assert code == 0
     assert service.seen[-1] == ("GET", f"/status/{JOB}/artifacts/a.txt")
     assert (tmp_path / "got" / "a.txt").read_bytes() == b"made there"
@@ -92,26 +101,14 @@ def test_output_files_are_asked_for_at_the_service_whatever_url_it_lists(
 def test_a_redirect_sends_the_request_nowhere_else(stand_in: Callable[[Handler], StandIn], tmp_path: Path) -> None:
     elsewhere = stand_in(lambda h: reply(h, 200, json.dumps(RESULT).encode() + b"\n"))
     service = stand_in(lambda h: reply(h, 307, b"", Location=f"{elsewhere.url}/run-file"))
-    script = tmp_path / "main.py"
-    script.write_text("print(1)\n")
-    assert main([str(script), "--url", service.url, "--key", "k", "--env", "TOKEN=secret"]) != 0
+    assert main([a_script(tmp_path), "--url", service.url, "--key", "k", "--env", "TOKEN=secret"]) != 0
     assert elsewhere.seen == []
 
 
 def test_an_output_file_that_cannot_be_written_is_said_and_the_exit_stays_the_scripts(
     stand_in: Callable[[Handler], StandIn], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    listed = {**RESULT, "artifacts": [{"name": "a.txt", "url": f"/status/{JOB}/artifacts/a.txt"}]}
-
-    def answer(h: BaseHTTPRequestHandler) -> None:
-        if h.command == "POST":
-            reply(h, 200, json.dumps(listed).encode() + b"\n", **{"X-Job-Id": JOB})
-        else:
-            reply(h, 200, b"made there")
-
-    service = stand_in(answer)
-    script = tmp_path / "main.py"
-    script.write_text("print(1)\n")
+    service = stand_in(one_output_file(f"/status/{JOB}/artifacts/a.txt"))
     (tmp_path / "got" / "a.txt").mkdir(parents=True)  # a folder where the file would go
-    assert main([str(script), "--url", service.url, "--key", "k", "--artifacts", str(tmp_path / "got")]) == 0
+    assert main([a_script(tmp_path), "--url", service.url, "--key", "k", "--artifacts", str(tmp_path / "got")]) == 0
     assert "could not write 'a.txt'" in capsys.readouterr().err
