@@ -13,7 +13,7 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -146,6 +146,11 @@ def hardened_host_config(
 def container_labels(instance: str, **extra: str) -> dict[str, str]:
     """Labels that let a later start find and remove leftovers of this service."""
     return {LABEL: "1", f"{LABEL}.instance": instance, **{f"{LABEL}.{k}": v for k, v in extra.items()}}
+
+
+def deployment_of(labels: Mapping[str, str]) -> str:
+    """The deployment a container's labels name: its cluster (SandboxPolicy.labels), "" for the embedded mode's."""
+    return labels.get(f"{LABEL}.cluster", "")
 
 
 def encode_payload(program: Program, nonce: bytes, max_artifacts: int = 0, max_artifact_bytes: int = 0) -> bytes:
@@ -556,7 +561,7 @@ def remove_leftovers(client: docker.DockerClient, instance: str, cluster: str = 
     """
     with translated(SandboxError, "Docker could not list or remove leftover containers"):
         listed = client.api.containers(all=True, filters={"label": [f"{LABEL}.instance={instance}"]})
-        found = [c for c in listed if (c.get("Labels") or {}).get(f"{LABEL}.cluster", "") == cluster]
+        found = [c for c in listed if deployment_of(c.get("Labels") or {}) == cluster]
         for c in found:
             client.api.remove_container(c["Id"], force=True, v=True)
     return len(found)

@@ -23,7 +23,7 @@ from typing import Any
 import docker.errors
 
 from app.metrics import Metrics
-from app.sandbox.container import LABEL
+from app.sandbox.container import LABEL, deployment_of
 from app.sandbox.docker_gateway import DOCKER_ERRORS, DockerGateway
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Janitor:
         instance = labels.get(f"{LABEL}.instance")
         if instance is None:
             return "build_step" if self._build_step(c, labels, now) else None
-        if labels.get(f"{LABEL}.cluster", "") != self._cluster:
+        if deployment_of(labels) != self._cluster:
             return None  # another deployment's, whatever its instance is called
         if instance != self._instance:
             return "worker_dead" if self._cluster and instance and self._alive(instance) is False else None
