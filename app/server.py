@@ -75,6 +75,11 @@ class RunnerWorker(ThreadWorker):
         gunicorn_util.write_error = write_json_error  # requests gunicorn refuses itself get our JSON shape too
         super().init_process()
 
+    @property
+    def _settings(self) -> Settings:
+        settings: Settings = self.wsgi.extensions[EXTENSION].settings
+        return settings
+
     def accept(self, listener: Any) -> None:
         """Gunicorn's accept, but the connection waits with those it defers for data (see the class)."""
         try:
@@ -86,13 +91,13 @@ class RunnerWorker(ThreadWorker):
         self.nr_conns += 1
         sock.setblocking(False)
         conn = TConn(self.cfg, sock, address, listener.getsockname())
-        conn.timeout = time.monotonic() + self.wsgi.extensions[EXTENSION].settings.http_read_timeout_s
+        conn.timeout = time.monotonic() + self._settings.http_read_timeout_s
         self.pending_conns.append(conn)  # closed by gunicorn's murder_pending once its time is up
         self.poller.register(sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
 
     def enqueue_req(self, conn: Any) -> None:
         if not isinstance(conn.sock, DeadlineSocket):
-            s = self.wsgi.extensions[EXTENSION].settings
+            s = self._settings
             conn.sock = DeadlineSocket(conn.sock, s.http_read_timeout_s, s.http_write_timeout_s)
         super().enqueue_req(conn)
 
