@@ -21,6 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from app.config import Settings, parse_allow
+from app.health import Readiness, check_api_node_health, check_health
 from app.images.cache import ImageCache
 from app.images.client_images import ClientImages
 from app.jobs.executor import JobExecutor, ThreadJobExecutor
@@ -296,6 +297,16 @@ class Services:
         self.jobs.purge_expired()
         self.pool.warm(self.client_images.base_id(self.docker.client))  # the image of every run without packages
         return removed
+
+    @cached_property
+    def readiness(self) -> Readiness:
+        """This instance's /readyz answer (see Readiness): the engine's checks, or an API node's."""
+        s = self.settings
+        if self.distributed:
+            return Readiness(lambda draining: check_api_node_health(self.redis, self.store, draining))
+        return Readiness(
+            lambda draining: check_health(self.docker, base_image=s.base_image, runtime=s.runtime, draining=draining)
+        )
 
     def drain(self) -> int:
         """SIGTERM: take no new jobs; give the jobs here RUNNER_DRAIN_S to end, then cancel them with a reason.

@@ -8,7 +8,7 @@ from prometheus_client.exposition import choose_encoder
 from app.api.openapi import build_spec
 from app.api.schemas import HealthSchema
 from app.errors import Unauthorized
-from app.health import check_api_node_health, check_health, liveness
+from app.health import liveness
 from app.metrics import DENIED, authorized
 from app.services import services
 
@@ -39,12 +39,7 @@ def readyz() -> tuple[Response, int]:
         503: {description: Not ready, content: {application/json: {schema: HealthSchema}}}
     """
     svc = services()
-    draining = svc.draining.is_set()
-    if svc.distributed:
-        body = check_api_node_health(svc.redis, svc.store, draining)
-    else:
-        s = svc.settings
-        body = check_health(svc.docker, base_image=s.base_image, runtime=s.runtime, draining=draining)
+    body = svc.readiness(svc.draining.is_set())
     return jsonify(HealthSchema().dump(body)), 200 if body["status"] == "ok" else 503
 
 

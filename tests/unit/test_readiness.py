@@ -1,0 +1,72 @@
+"""/readyz: one check serves every caller for READY_MAX_AGE_S; draining is answered at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from app.health import Readiness
+from app.services import EXTENSION
+
+
+class CountingCheck:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.calls = 0
+        self.delay_s = delay_s
+
+    def __call__(self, draining: bool) -> dict[str, Any]:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return {"status": "unavailable" if draining else "ok", "draining": draining, "check": self.calls}
+
+
+def test_one_check_serves_every_caller_until_it_is_older_than_the_max_age() -> None:
+    check = CountingCheck()
+    ready = Readiness(check, max_age_s=0.2)
+    assert [ready(False)["check"] for _ in range(50)] == [1] * 50
+    time.sleep(0.25)
+    assert ready(False)["check"] == 2
+
+
+def test_callers_arriving_during_a_check_wait_for_it_instead_of_starting_their_own() -> None:
+    check = CountingCheck(delay_s=0.3)
+    ready = Readiness(check, max_age_s=5)
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda: answers.append(ready(False)["check"])) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [1] * 8
+    assert check.calls == 1
+
+
+def test_draining_is_answered_at_once_not_after_the_max_age() -> None:
+    ready = Readiness(CountingCheck(), max_age_s=60)
+    assert ready(False)["status"] == "ok"
+    assert ready(True) == {"status": "unavailable", "draining": True, "check": 2}
+
+
+def test_a_caller_changing_its_answer_changes_nothing_for_the_next() -> None:
+    ready = Readiness(CountingCheck(), max_age_s=60)
+    ready(False)["status"] = "changed"
+    assert ready(False)["status"] == "ok"
+
+
+def test_readyz_asks_the_engine_once_for_a_burst_of_requests(make_app) -> None:
+    app = make_app(base_image="datapane-no-such-image:none")
+    gateway = app.extensions[EXTENSION].docker
+    pings = 0
+    real_ping = gateway.ping
+
+    def counted_ping() -> bool:
+        nonlocal pings
+        pings += 1
+        return bool(real_ping())
+
+    gateway.ping = counted_ping
+    http = app.test_client()
+    statuses = {http.get("/readyz").status_code for _ in range(20)}
+    assert statuses == {503}
+    assert pings == 1
