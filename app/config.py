@@ -66,7 +66,9 @@ class Settings:
         "RUNNER_HTTP_THREADS", 64, "HTTP server threads; keep above RUNNER_QUEUE_SIZE so waiting runs never starve."
     )
     http_read_timeout_s: float = _setting(
-        "RUNNER_HTTP_READ_TIMEOUT_S", 10.0, "A request's headers and body must arrive within this (else dropped)."
+        "RUNNER_HTTP_READ_TIMEOUT_S",
+        10.0,
+        "A request must arrive this soon after its connection or first byte (else dropped).",
     )
     http_write_timeout_s: float = _setting(
         "RUNNER_HTTP_WRITE_TIMEOUT_S", 60.0, "Each write of an answer must complete within this (else dropped)."

@@ -25,9 +25,10 @@ from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_si
 from app.logs import GunicornLogger
 from app.metrics import serve_metrics
 from app.services import EXTENSION, Services
-from app.slow_clients import DeadlineSocket
+from app.slow_clients import DeadlineSocket, EarlyRequest
 
 log = logging.getLogger(__name__)
+EARLY_BYTES_HELD = 64 << 20  # requests' bytes read on the poller, all connections together; past it threads read
 
 
 class RunnerServer(BaseApplication):
@@ -61,9 +62,11 @@ class RunnerServer(BaseApplication):
 class RunnerWorker(ThreadWorker):
     """Gunicorn's threaded worker, with time limits on slow clients and a drain on SIGTERM.
 
-    - A new connection waits for its first bytes on the poller, never on a thread, and is closed after
-      RUNNER_HTTP_READ_TIMEOUT_S without any (gunicorn 27 gives it a thread for 5 s first: a dozen silent
-      connections a second would take every thread).
+    - A request is read on the poller, never on a thread, until a thread can take it without waiting: its head,
+      and its body when of known length (see EarlyRequest), within RUNNER_HTTP_READ_TIMEOUT_S of the connection
+      (of its first byte, on a kept-alive one), else the connection is closed. Gunicorn 27 gives a new connection
+      a thread as soon as a byte arrives (before: for 5 s, even with none), so a few connections a second sending
+      a byte and stalling would take every thread.
     - Each connection's socket is a DeadlineSocket (app/slow_clients.py): a request must arrive within
       RUNNER_HTTP_READ_TIMEOUT_S, and each write of an answer complete within RUNNER_HTTP_WRITE_TIMEOUT_S.
     - The stock worker stops accepting at once on SIGTERM. This one keeps serving while the service drains (new
@@ -73,6 +76,7 @@ class RunnerWorker(ThreadWorker):
 
     def init_process(self) -> None:
         gunicorn_util.write_error = write_json_error  # requests gunicorn refuses itself get our JSON shape too
+        self._early_held = 0  # bytes of EarlyRequests on the poller (EARLY_BYTES_HELD)
         super().init_process()
 
     @property
@@ -91,9 +95,66 @@ class RunnerWorker(ThreadWorker):
         self.nr_conns += 1
         sock.setblocking(False)
         conn = TConn(self.cfg, sock, address, listener.getsockname())
+        self._await_request(conn)
+
+    def _await_request(self, conn: Any) -> None:
+        """Read the connection's request on the poller (its time limit counts from now)."""
         conn.timeout = time.monotonic() + self._settings.http_read_timeout_s
-        self.pending_conns.append(conn)  # closed by gunicorn's murder_pending once its time is up
-        self.poller.register(sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+        self.pending_conns.append(conn)  # closed by murder_pending once its time is up
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+
+    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
+        self._read_early(conn, self.pending_conns)
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        """A kept-alive connection's next request begins."""
+        self._read_early(conn, self.keepalived_conns)
+
+    def _read_early(self, conn: Any, waiting: Any) -> None:
+        """What has arrived of the request; a thread takes it once nothing is left to wait for (EarlyRequest)."""
+        early = conn.early = getattr(conn, "early", None) or EarlyRequest(self._settings.max_body_bytes)
+        sock = conn.sock.raw if isinstance(conn.sock, DeadlineSocket) else conn.sock
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._early_held += len(chunk)
+            if not early.add(chunk) and self._early_held <= EARLY_BYTES_HELD:
+                if waiting is self.keepalived_conns:  # from now on, the time limit of a request
+                    self.poller.unregister(conn.sock)
+                    waiting.remove(conn)
+                    self._await_request(conn)
+                return
+        self.poller.unregister(conn.sock)
+        waiting.remove(conn)
+        self._release(conn)
+        if chunk:
+            self.enqueue_req(conn)
+        else:  # the client has gone
+            self.nr_conns -= 1
+            conn.close()
+
+    def _release(self, conn: Any) -> None:
+        early = getattr(conn, "early", None)
+        if early is not None:
+            self._early_held -= len(early.data)
+
+    def murder_pending(self) -> None:
+        """Close the connections whose request did not arrive in time (gunicorn's), saying so for those that began."""
+        now = time.monotonic()
+        for conn in self.pending_conns:
+            if conn.timeout > now:
+                break
+            self._release(conn)
+            if getattr(conn, "early", None) is not None:
+                log.info(
+                    "dropped the HTTP client %s: it sent its request too slowly (limit %g s)",
+                    conn.client, self._settings.http_read_timeout_s,
+                )  # fmt: skip
+        super().murder_pending()
 
     def enqueue_req(self, conn: Any) -> None:
         if not isinstance(conn.sock, DeadlineSocket):
@@ -104,6 +165,11 @@ class RunnerWorker(ThreadWorker):
     def handle(self, conn: Any) -> Any:
         if isinstance(conn.sock, DeadlineSocket):
             conn.sock.new_request()
+        early, conn.early = getattr(conn, "early", None), None
+        if early is not None:  # what the poller read: the parser reads it first
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(bytes(early.data))
         return super().handle(conn)
 
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -99,5 +99,58 @@ class DeadlineSocket:
         # gunicorn closes a connection that reports a reset quietly (a timeout would be logged as a server error)
         return ConnectionResetError(errno.ECONNRESET, f"client {what}")
 
+    @property
+    def raw(self) -> socket.socket:
+        """The socket itself, without the time limits (for the server's poller)."""
+        return self._sock
+
     def __getattr__(self, name: str) -> Any:  # fileno, close, settimeout, setblocking, ...: the socket's own
         return getattr(self._sock, name)
+
+
+HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+MAX_EARLY_HEAD = 64 * 1024  # a longer head goes to a thread as it is: gunicorn's own limits answer it (431, 414)
+
+
+class EarlyRequest:
+    """A request's first bytes, read on the server's poller until a thread can take the request without waiting.
+
+    A thread takes it once its head has arrived and, for a body of known length of at most `max_body` bytes, the
+    body too; a chunked body, an `Expect: 100-continue` (the client waits for our go-ahead) or a longer body is
+    read by the thread, under the request's read deadline as before. Anything malformed also goes to the thread:
+    gunicorn answers it.
+    """
+
+    def __init__(self, max_body: int) -> None:
+        self.data = bytearray()
+        self._max_body = max_body
+        self._wanted: int | None = None  # total bytes to wait for, once the head has arrived
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep `chunk`; whether a thread may take the request now."""
+        self.data += chunk
+        if self._wanted is None:
+            ends = [(at, len(end)) for end in HEAD_ENDS if (at := self.data.find(end)) >= 0]
+            if not ends:
+                return len(self.data) >= MAX_EARLY_HEAD
+            at, size = min(ends)
+            body = body_to_wait_for(bytes(self.data[:at]), self._max_body)
+            self._wanted = at + size + body
+        return len(self.data) >= self._wanted
+
+
+def body_to_wait_for(head: bytes, max_body: int) -> int:
+    """The body bytes worth waiting for on the poller: its Content-Length when plain and at most `max_body`, else 0."""
+    length = -1
+    for line in head.split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return 0
+        name, value = name.strip().lower(), value.strip()
+        if name == b"transfer-encoding" or (name == b"expect" and value.lower() == b"100-continue"):
+            return 0
+        if name == b"content-length":
+            if not value.isdigit() or length >= 0:
+                return 0
+            length = int(value)
+    return length if 0 <= length <= max_body else 0

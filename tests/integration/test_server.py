@@ -271,6 +271,69 @@ def test_connections_that_send_nothing_take_no_thread(strict_server: Served) -> 
         s.close()
 
 
+@pytest.fixture
+def patient_server(tmp_path: Path, base_image: str, docker_client: docker.DockerClient) -> Iterator[Served]:
+    """Four threads and a long read limit: a stalled request that held a thread would hold it for 8 s."""
+    settings = {"RUNNER_HTTP_READ_TIMEOUT_S": "8", "RUNNER_HTTP_THREADS": "4", "RUNNER_QUEUE_SIZE": "2"}
+    yield from serve(tmp_path, base_image, docker_client, settings)
+
+
+def test_requests_that_stall_after_their_first_bytes_take_no_thread(patient_server: Served) -> None:
+    port = patient_server.port
+    stalled: list[socket.socket] = []
+    for start in (
+        b"G",  # one byte
+        b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n",  # headers never end
+        b'POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"code": ',  # body never ends
+    ):
+        for _ in range(4):  # each kind alone would have taken every thread
+            stalled.append(socket.create_connection(("127.0.0.1", port)))
+            stalled[-1].sendall(start)
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert healthz_status(port) == 200
+        assert time.monotonic() - started < 4  # a thread for each stalled request: 8 s (RUNNER_HTTP_READ_TIMEOUT_S)
+        for s in stalled:
+            assert closed_within(s, 10) is not None
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_a_request_sent_in_pieces_within_the_read_limit_is_answered(patient_server: Served) -> None:
+    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
+    request = (
+        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=20) as s:
+        for at in range(0, len(request), 40):  # a head and a body in pieces, the last of them after ~2 s
+            s.sendall(request[at : at + 40])
+            time.sleep(0.1)
+        answer = b""
+        while received := s.recv(65536):
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
+
+
+def test_a_client_that_awaits_100_continue_gets_it_before_it_sends_its_body(patient_server: Served) -> None:
+    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
+    head = (
+        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
+        s.sendall(head)
+        assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue"), "no go-ahead: the body was awaited on the poller"
+        s.sendall(body)
+        answer = b""
+        while received := s.recv(65536):
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
+
+
 def test_a_reader_that_stops_reading_is_dropped(strict_server: Served, tmp_path: Path) -> None:
     port, key = strict_server.port, strict_server.key
     s = socket.socket()
