@@ -55,23 +55,40 @@ class Readiness:
     """The readiness answer, checked at most once per READY_MAX_AGE_S however many ask.
 
     A check is a few calls to Docker (~4 ms of the engine's CPU) or to Redis and the store, and /readyz needs no
-    key: a flood of /readyz must not become a flood of them. Those asking meanwhile wait for the one check under
-    way. A change of `draining` is answered at once.
+    key: a flood of /readyz must not become a flood of them. Those asking while a check is under way take its
+    answer when it ends (however long it took: never one check after another). A draining service is answered
+    with a check of its own, never the kept one nor behind one under way.
     """
 
     def __init__(self, check: Callable[[bool], dict[str, Any]], max_age_s: float = READY_MAX_AGE_S) -> None:
         self._check = check
         self._max_age_s = max_age_s
-        self._lock = threading.Lock()
-        self._answer: tuple[bool, float, dict[str, Any]] | None = None  # (draining, when, body)
+        self._changed = threading.Condition()
+        self._answer: tuple[float, dict[str, Any]] | None = None  # (when it ended, body)
+        self._checking = False
 
     def __call__(self, draining: bool) -> dict[str, Any]:
-        with self._lock:
-            now = time.monotonic()
+        if draining:
+            return self._check(True)
+        with self._changed:
             kept = self._answer
-            if kept is None or kept[0] != draining or now - kept[1] >= self._max_age_s:
-                kept = self._answer = (draining, now, self._check(draining))
-            return dict(kept[2])
+            if kept is not None and time.monotonic() - kept[0] < self._max_age_s:
+                return dict(kept[1])
+            if self._checking:
+                self._changed.wait_for(lambda: self._answer is not kept or not self._checking)
+                if self._answer is not kept and self._answer is not None:
+                    return dict(self._answer[1])
+            self._checking = True
+        body = None
+        try:
+            body = self._check(False)
+            return dict(body)
+        finally:
+            with self._changed:
+                self._checking = False
+                if body is not None:
+                    self._answer = (time.monotonic(), body)
+                self._changed.notify_all()
 
 
 def liveness() -> dict[str, Any]:

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from app.health import Readiness
 from app.services import EXTENSION
 
@@ -46,6 +48,52 @@ def test_draining_is_answered_at_once_not_after_the_max_age() -> None:
     ready = Readiness(CountingCheck(), max_age_s=60)
     assert ready(False)["status"] == "ok"
     assert ready(True) == {"status": "unavailable", "draining": True, "check": 2}
+
+
+def test_a_check_slower_than_the_max_age_answers_everyone_waiting_for_it_at_once() -> None:
+    check = CountingCheck(delay_s=0.5)
+    ready = Readiness(check, max_age_s=0.1)
+    waits: list[float] = []
+
+    def ask() -> None:
+        started = time.monotonic()
+        ready(False)
+        waits.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=ask) for _ in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    assert check.calls == 1  # one after another, each waiting for the last: 5 checks, the last caller 2.5 s
+    assert max(waits) < 1.0
+
+
+def test_a_draining_service_does_not_wait_behind_a_check_under_way() -> None:
+    ready = Readiness(CountingCheck(delay_s=1.0), max_age_s=60)
+    slow = threading.Thread(target=ready, args=(False,))
+    slow.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    assert ready(True)["status"] == "unavailable"
+    assert time.monotonic() - started < 1.0 + 0.5  # its own check (1 s), not also the one under way
+    slow.join()
+
+
+def test_a_failing_check_lets_the_next_caller_check_again() -> None:
+    calls = 0
+
+    def failing(draining: bool) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("engine gone")
+
+    ready = Readiness(failing, max_age_s=60)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            ready(False)
+    assert calls == 2
 
 
 def test_a_caller_changing_its_answer_changes_nothing_for_the_next() -> None:
