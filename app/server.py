@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -25,10 +26,15 @@ from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_si
 from app.logs import GunicornLogger
 from app.metrics import serve_metrics
 from app.services import EXTENSION, Services
-from app.slow_clients import DeadlineSocket, EarlyRequest
+from app.slow_clients import READY, TOO_LARGE, WAIT, DeadlineSocket, EarlyRequest
 
 log = logging.getLogger(__name__)
-EARLY_BYTES_HELD = 64 << 20  # requests' bytes read on the poller, all connections together; past it threads read
+EARLY_BYTES_HELD = 64 << 20  # requests' bytes read on the poller and not yet taken by a thread, all connections
+BUSY = "busy"  # past EARLY_BYTES_HELD: the request that would go over it is refused
+REFUSALS = {
+    TOO_LARGE: (431, "Request Header Fields Too Large", "the request's head is over 64 KiB"),
+    BUSY: (503, "Service Unavailable", "the server is receiving too many requests at once; retry"),
+}
 
 
 class RunnerServer(BaseApplication):
@@ -76,7 +82,8 @@ class RunnerWorker(ThreadWorker):
 
     def init_process(self) -> None:
         gunicorn_util.write_error = write_json_error  # requests gunicorn refuses itself get our JSON shape too
-        self._early_held = 0  # bytes of EarlyRequests on the poller (EARLY_BYTES_HELD)
+        self._early_held = 0  # bytes of EarlyRequests not yet taken by a thread (EARLY_BYTES_HELD)
+        self._early_lock = threading.Lock()  # the main loop adds, threads take
         super().init_process()
 
     @property
@@ -111,50 +118,109 @@ class RunnerWorker(ThreadWorker):
         self._read_early(conn, self.keepalived_conns)
 
     def _read_early(self, conn: Any, waiting: Any) -> None:
-        """What has arrived of the request; a thread takes it once nothing is left to wait for (EarlyRequest)."""
-        early = conn.early = getattr(conn, "early", None) or EarlyRequest(self._settings.max_body_bytes)
-        sock = conn.sock.raw if isinstance(conn.sock, DeadlineSocket) else conn.sock
+        """What has arrived of the request; a thread takes it once nothing is left to wait for (EarlyRequest).
+
+        This runs on gunicorn's main loop, where an exception would end the process (every client's connections and
+        running jobs): anything unexpected closes this one connection instead.
+        """
         try:
-            chunk = sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
-            self._early_held += len(chunk)
-            if not early.add(chunk) and self._early_held <= EARLY_BYTES_HELD:
-                if waiting is self.keepalived_conns:  # from now on, the time limit of a request
-                    self.poller.unregister(conn.sock)
-                    waiting.remove(conn)
-                    self._await_request(conn)
+            try:
+                chunk = _raw(conn).recv(65536)
+            except BlockingIOError:
                 return
-        self.poller.unregister(conn.sock)
-        waiting.remove(conn)
-        self._release(conn)
-        if chunk:
+            except OSError:
+                chunk = b""
+            if not chunk:  # the client has gone
+                self._forget(conn, waiting)
+                self._close(conn)
+                return
+            state = self._add_early(conn, chunk)
+            if state == WAIT and waiting is self.keepalived_conns:  # from now on, the time limit of a request
+                self._forget(conn, waiting)
+                self._await_request(conn)
+            elif state != WAIT:
+                self._forget(conn, waiting)
+                self._hand_over(conn, state)
+        except Exception:
+            log.exception("reading a request on the poller failed; closing its connection")
+            self._forget(conn, waiting)
+            self._close(conn)
+
+    def _add_early(self, conn: Any, chunk: bytes) -> str:
+        """Add `chunk` to the connection's EarlyRequest (made on its first bytes); BUSY past EARLY_BYTES_HELD."""
+        if getattr(conn, "early", None) is None:
+            conn.early = EarlyRequest(self._settings.max_body_bytes)
+        with self._early_lock:
+            if self._early_held + len(chunk) > EARLY_BYTES_HELD:
+                return BUSY
+            self._early_held += len(chunk)
+        state: str = conn.early.add(chunk)
+        return state
+
+    def _hand_over(self, conn: Any, state: str) -> None:
+        """A request that has arrived goes to a thread; one the poller refuses is answered here and closed."""
+        if state == READY:
             self.enqueue_req(conn)
-        else:  # the client has gone
-            self.nr_conns -= 1
-            conn.close()
+            return
+        status, reason, message = REFUSALS[state]
+        with contextlib.suppress(OSError):
+            write_json_error(_raw(conn), status, reason, message)
+        self._close(conn)
+
+    def _forget(self, conn: Any, waiting: Any = None) -> None:
+        """Off the poller and out of `waiting` (the deque it was in), wherever it still was."""
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        if waiting is not None:
+            with contextlib.suppress(ValueError):
+                waiting.remove(conn)
+
+    def _close(self, conn: Any) -> None:
+        self._release(conn)
+        self.nr_conns -= 1
+        conn.close()
 
     def _release(self, conn: Any) -> None:
-        early = getattr(conn, "early", None)
+        """The connection's early bytes no longer count (taken by a thread, or dropped)."""
+        early, conn.early = getattr(conn, "early", None), None
         if early is not None:
-            self._early_held -= len(early.data)
+            with self._early_lock:
+                self._early_held -= len(early.data)
 
     def murder_pending(self) -> None:
         """Close the connections whose request did not arrive in time (gunicorn's), saying so for those that began."""
         now = time.monotonic()
-        for conn in self.pending_conns:
-            if conn.timeout > now:
-                break
-            self._release(conn)
+        while self.pending_conns and self.pending_conns[0].timeout <= now:
+            conn = self.pending_conns.popleft()
             if getattr(conn, "early", None) is not None:
                 log.info(
                     "dropped the HTTP client %s: it sent its request too slowly (limit %g s)",
                     conn.client, self._settings.http_read_timeout_s,
                 )  # fmt: skip
-        super().murder_pending()
+            self._forget(conn)
+            self._close(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """Gunicorn's, except that a kept-alive connection's next request, begun already, is read on the poller too.
+
+        (Gunicorn gives a thread a connection whose parser holds bytes of the next request, even half a request.)
+        """
+        try:
+            keep = not fs.cancelled() and fs.exception() is None and fs.result() is True
+            parser = getattr(conn, "parser", None)
+            if keep and parser is not None and parser.unreader.buf.getvalue():
+                conn.sock.setblocking(False)
+                state = self._add_early(conn, parser.unreader.take_buffered())
+                if state == WAIT:
+                    self._await_request(conn)
+                else:
+                    self._hand_over(conn, state)
+                return
+        except Exception:
+            log.exception("reading a request on the poller failed; closing its connection")
+            self._close(conn)
+            return
+        super().finish_request(conn, fs)
 
     def enqueue_req(self, conn: Any) -> None:
         if not isinstance(conn.sock, DeadlineSocket):
@@ -163,10 +229,11 @@ class RunnerWorker(ThreadWorker):
         super().enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
-        if isinstance(conn.sock, DeadlineSocket):
-            conn.sock.new_request()
-        early, conn.early = getattr(conn, "early", None), None
+        early = getattr(conn, "early", None)
+        if isinstance(conn.sock, DeadlineSocket):  # a request read on the poller keeps the time limit it had there
+            conn.sock.new_request(deadline=conn.timeout if early is not None else None)
         if early is not None:  # what the poller read: the parser reads it first
+            self._release(conn)
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader.unread(bytes(early.data))
@@ -187,6 +254,11 @@ class RunnerWorker(ThreadWorker):
             log.exception("draining failed; stopping")
         finally:
             self.alive = False
+
+
+def _raw(conn: Any) -> Any:
+    """A connection's socket without the DeadlineSocket around it (for reads and writes on the main loop)."""
+    return conn.sock.raw if isinstance(conn.sock, DeadlineSocket) else conn.sock
 
 
 def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+INTERIM = b"HTTP/1.1 1"  # a 1xx answer (gunicorn's "100 Continue"): the request's body is still to be read
 
 
 class DeadlineSocket:
@@ -40,9 +41,9 @@ class DeadlineSocket:
         self._receiving = False  # between a request's start and its answer's first write
         self._given_up = False
 
-    def new_request(self) -> None:
-        """A request may begin: its read deadline counts from its first read."""
-        self._deadline = None
+    def new_request(self, deadline: float | None = None) -> None:
+        """A request may begin: its read deadline is `deadline` (time.monotonic), else counts from its first read."""
+        self._deadline = deadline
         self._receiving = True
 
     def recv(self, size: int, *flags: int) -> bytes:
@@ -52,10 +53,10 @@ class DeadlineSocket:
         return self._read(lambda: self._sock.recv_into(buffer, *args))
 
     def sendall(self, data: bytes, *flags: int) -> None:
-        self._write(lambda: self._sock.sendall(data, *flags))
+        self._write(lambda: self._sock.sendall(data, *flags), interim=data.startswith(INTERIM))
 
     def send(self, data: bytes, *flags: int) -> int:
-        return self._write(lambda: self._sock.send(data, *flags))
+        return self._write(lambda: self._sock.send(data, *flags), interim=data.startswith(INTERIM))
 
     def shutdown(self, how: int) -> None:
         """Half-close, except for a dropped client: its socket is closed at once.
@@ -81,8 +82,9 @@ class DeadlineSocket:
         except TimeoutError:
             raise self._dropped("sent its request too slowly", self._read_timeout_s) from None
 
-    def _write(self, write: Callable[[], T]) -> T:
-        self._receiving = False
+    def _write(self, write: Callable[[], T], interim: bool = False) -> T:
+        """A write; the first of the answer ends the request's read deadline, unless an interim one (100 Continue)."""
+        self._receiving = self._receiving and interim
         self._sock.settimeout(self._write_timeout_s)
         try:
             return write()
@@ -109,7 +111,8 @@ class DeadlineSocket:
 
 
 HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
-MAX_EARLY_HEAD = 64 * 1024  # a longer head goes to a thread as it is: gunicorn's own limits answer it (431, 414)
+MAX_EARLY_HEAD = 64 * 1024  # a longer head is refused (431) by the server's poller, never handed to a thread
+WAIT, READY, TOO_LARGE = "wait", "ready", "too large"  # what EarlyRequest.add says
 
 
 class EarlyRequest:
@@ -117,32 +120,40 @@ class EarlyRequest:
 
     A thread takes it once its head has arrived and, for a body of known length of at most `max_body` bytes, the
     body too; a chunked body, an `Expect: 100-continue` (the client waits for our go-ahead) or a longer body is
-    read by the thread, under the request's read deadline as before. Anything malformed also goes to the thread:
-    gunicorn answers it.
+    read by the thread, under the same read deadline. Anything malformed also goes to the thread: gunicorn answers
+    it. A head longer than MAX_EARLY_HEAD is TOO_LARGE.
     """
 
     def __init__(self, max_body: int) -> None:
         self.data = bytearray()
         self._max_body = max_body
+        self._searched = 0  # where the search for the head's end goes on (each byte is looked at about once)
         self._wanted: int | None = None  # total bytes to wait for, once the head has arrived
 
-    def add(self, chunk: bytes) -> bool:
-        """Keep `chunk`; whether a thread may take the request now."""
+    def add(self, chunk: bytes) -> str:
+        """Keep `chunk`; READY when a thread may take the request now, WAIT, or TOO_LARGE."""
         self.data += chunk
         if self._wanted is None:
-            ends = [(at, len(end)) for end in HEAD_ENDS if (at := self.data.find(end)) >= 0]
+            start = max(self._searched - 3, 0)
+            self._searched = len(self.data)
+            ends = [(at, len(end)) for end in HEAD_ENDS if (at := self.data.find(end, start)) >= 0]
             if not ends:
-                return len(self.data) >= MAX_EARLY_HEAD
+                return TOO_LARGE if len(self.data) > MAX_EARLY_HEAD else WAIT
             at, size = min(ends)
-            body = body_to_wait_for(bytes(self.data[:at]), self._max_body)
-            self._wanted = at + size + body
-        return len(self.data) >= self._wanted
+            if at > MAX_EARLY_HEAD:
+                return TOO_LARGE
+            self._wanted = at + size + body_to_wait_for(bytes(self.data[:at]), self._max_body)
+        return READY if len(self.data) >= self._wanted else WAIT
+
+
+MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no body worth awaiting (and int() refuses 4,300 digits)
 
 
 def body_to_wait_for(head: bytes, max_body: int) -> int:
     """The body bytes worth waiting for on the poller: its Content-Length when plain and at most `max_body`, else 0."""
     length = -1
-    for line in head.split(b"\n")[1:]:
+    lines = head.lstrip(b"\r\n").split(b"\n")  # gunicorn takes an empty line before the request line
+    for line in lines[1:]:  # the header lines, after the request line
         name, colon, value = line.partition(b":")
         if not colon:
             return 0
@@ -150,7 +161,7 @@ def body_to_wait_for(head: bytes, max_body: int) -> int:
         if name == b"transfer-encoding" or (name == b"expect" and value.lower() == b"100-continue"):
             return 0
         if name == b"content-length":
-            if not value.isdigit() or length >= 0:
+            if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS or length >= 0:
                 return 0
             length = int(value)
     return length if 0 <= length <= max_body else 0

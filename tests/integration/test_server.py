@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -285,6 +286,8 @@ def test_requests_that_stall_after_their_first_bytes_take_no_thread(patient_serv
         b"G",  # one byte
         b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n",  # headers never end
         b'POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"code": ',  # body never ends
+        b"\r\nPOST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",  # after an empty line
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nG",  # a whole request, then the first byte of the next
     ):
         for _ in range(4):  # each kind alone would have taken every thread
             stalled.append(socket.create_connection(("127.0.0.1", port)))
@@ -299,6 +302,46 @@ def test_requests_that_stall_after_their_first_bytes_take_no_thread(patient_serv
     finally:
         for s in stalled:
             s.close()
+
+
+def test_a_body_trickled_after_100_continue_is_held_to_the_request_deadline(patient_server: Served) -> None:
+    head = (
+        "POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n"
+        f"Authorization: Bearer {patient_server.key}\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
+        s.sendall(head)
+        assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in b'{"code": "print(1)"}':  # a byte a second: 20 s against the 8 s limit
+                s.sendall(bytes([byte]))
+                time.sleep(1)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while received := s.recv(65536):
+                answer += received
+    assert time.monotonic() - started < 14
+    assert not answer.startswith(b"HTTP/1.1 2"), answer[:300]
+
+
+def test_a_head_over_64_kib_is_refused_with_431_without_a_thread(patient_server: Served) -> None:
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 9000)  # never ends
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_header_fields_too_large"
+
+
+def test_a_content_length_of_thousands_of_digits_is_refused_and_the_server_lives_on(
+    patient_server: Served, tmp_path: Path
+) -> None:
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
+        s.sendall(b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"1" * 4301 + b"\r\n\r\n")
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:300]  # gunicorn's refusal, not a dead worker
+    assert healthz_status(patient_server.port) == 200
+    assert "Exception in worker process" not in (tmp_path / "server.log").read_text()
 
 
 def test_a_request_sent_in_pieces_within_the_read_limit_is_answered(patient_server: Served) -> None:

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from app.slow_clients import MAX_EARLY_HEAD, EarlyRequest, body_to_wait_for
+from app.slow_clients import MAX_EARLY_HEAD, READY, TOO_LARGE, WAIT, EarlyRequest, body_to_wait_for
 
 HEAD = b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
 
-def fed(*chunks: bytes, max_body: int = 1000) -> list[bool]:
+def fed(*chunks: bytes, max_body: int = 1000) -> list[str]:
     early = EarlyRequest(max_body)
     return [early.add(chunk) for chunk in chunks]
 
 
 def test_a_request_without_a_body_is_taken_once_its_head_has_ended() -> None:
-    assert fed(b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n") == [False, False, True]
+    assert fed(b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n") == [WAIT, WAIT, READY]
 
 
 def test_a_body_of_known_length_is_awaited_whole() -> None:
-    assert fed(HEAD + b"Content-Length: 10\r\n\r\n", b"12345", b"67890") == [False, False, True]
-    assert fed(HEAD + b"Content-Length: 10\r\n\r\n0123456789") == [True]
+    assert fed(HEAD + b"Content-Length: 10\r\n\r\n", b"12345", b"67890") == [WAIT, WAIT, READY]
+    assert fed(HEAD + b"Content-Length: 10\r\n\r\n0123456789") == [READY]
 
 
 def test_bare_newlines_end_a_head_too() -> None:
-    assert fed(b"GET / HTTP/1.1\nHost: x\n\n") == [True]
+    assert fed(b"GET / HTTP/1.1\nHost: x\n\n") == [READY]
 
 
 @pytest.mark.parametrize(
@@ -38,7 +40,7 @@ def test_bare_newlines_end_a_head_too() -> None:
     ],
 )
 def test_a_body_not_worth_awaiting_goes_to_a_thread_with_the_head(header: bytes) -> None:
-    assert fed(HEAD + header + b"\r\n\r\n") == [True]
+    assert fed(HEAD + header + b"\r\n\r\n") == [READY]
 
 
 def test_two_content_lengths_or_a_broken_header_line_go_to_gunicorn_which_refuses_them() -> None:
@@ -46,7 +48,25 @@ def test_two_content_lengths_or_a_broken_header_line_go_to_gunicorn_which_refuse
     assert body_to_wait_for(b"POST / HTTP/1.1\r\nno colon here", 1000) == 0
 
 
-def test_a_head_that_never_ends_goes_to_a_thread_past_the_longest_worth_holding() -> None:
+def test_a_head_longer_than_the_longest_worth_holding_is_too_large_ended_or_not() -> None:
     early = EarlyRequest(1000)
-    assert not early.add(b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 100)
-    assert early.add(b"X" * MAX_EARLY_HEAD)
+    assert early.add(b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 100) == WAIT
+    assert early.add(b"X" * MAX_EARLY_HEAD) == TOO_LARGE
+    assert fed(b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * (MAX_EARLY_HEAD // 8) + b"\r\n") == [TOO_LARGE]
+
+
+def test_an_empty_line_before_the_request_line_is_skipped_as_gunicorn_does() -> None:
+    assert fed(b"\r\n" + HEAD + b"Content-Length: 10\r\n\r\n", b"0123456789") == [WAIT, READY]
+
+
+def test_a_content_length_of_thousands_of_digits_is_no_body_to_await_and_no_error() -> None:
+    assert fed(HEAD + b"Content-Length: " + b"1" * 4301 + b"\r\n\r\n") == [READY]
+
+
+def test_a_head_sent_a_byte_at_a_time_is_searched_once_not_over_and_over() -> None:
+    early = EarlyRequest(1000)
+    head = b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 7000
+    started = time.process_time()
+    assert [early.add(head[i : i + 1]) for i in range(len(head))].count(WAIT) == len(head)
+    assert time.process_time() - started < 2  # ~4 s when each byte searched the whole head again
+    assert early.add(b"\r\n") == READY
