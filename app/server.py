@@ -7,8 +7,10 @@ import errno
 import json
 import logging
 import selectors
+import socket
 import threading
 import time
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -30,6 +32,7 @@ from app.slow_clients import READY, TOO_LARGE, WAIT, DeadlineSocket, EarlyReques
 
 log = logging.getLogger(__name__)
 EARLY_BYTES_HELD = 64 << 20  # requests' bytes read on the poller and not yet taken by a thread, all connections
+LINGER_S, LINGER_BYTES = 2.0, 65536  # gunicorn's graceful close: how long and how much to read after an answer
 BUSY = "busy"  # past EARLY_BYTES_HELD: the request that would go over it is refused
 REFUSALS = {
     TOO_LARGE: (431, "Request Header Fields Too Large", "the request's head is over 64 KiB"),
@@ -84,6 +87,7 @@ class RunnerWorker(ThreadWorker):
         gunicorn_util.write_error = write_json_error  # requests gunicorn refuses itself get our JSON shape too
         self._early_held = 0  # bytes of EarlyRequests not yet taken by a thread (EARLY_BYTES_HELD)
         self._early_lock = threading.Lock()  # the main loop adds, threads take
+        self._lingering: deque[Any] = deque()  # closed connections still read until the client closes (_linger)
         super().init_process()
 
     @property
@@ -199,6 +203,10 @@ class RunnerWorker(ThreadWorker):
                 )  # fmt: skip
             self._forget(conn)
             self._close(conn)
+        while self._lingering and self._lingering[0].timeout <= now:
+            conn = self._lingering.popleft()
+            self._forget(conn)
+            self._close(conn)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """Gunicorn's, except that a kept-alive connection's next request, begun already, is read on the poller too.
@@ -216,11 +224,44 @@ class RunnerWorker(ThreadWorker):
                 else:
                     self._hand_over(conn, state)
                 return
+            if fs.cancelled() or (fs.exception() is None and not fs.result()):  # gunicorn's graceful close
+                self._linger(conn)
+                return
         except Exception:
             log.exception("reading a request on the poller failed; closing its connection")
             self._close(conn)
             return
         super().finish_request(conn, fs)
+
+    def _linger(self, conn: Any) -> None:
+        """Gunicorn's graceful close without holding its main loop (it waits there up to 2 s for each).
+
+        Half-close, then read and drop what the client still sends, on the poller, until it closes, LINGER_BYTES
+        have come or LINGER_S have passed: the kernel then has nothing unread to answer with a reset, which could
+        cost the client the end of our answer.
+        """
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # a dropped client's DeadlineSocket closes it at once (OSError)
+            conn.sock.setblocking(False)
+        except OSError:
+            self._close(conn)
+            return
+        conn.timeout = time.monotonic() + LINGER_S
+        conn.lingered = 0
+        self._lingering.append(conn)  # still counted in nr_conns: gunicorn's limit on connections holds them too
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
+
+    def _on_lingering_readable(self, conn: Any, client: Any) -> None:
+        try:
+            data = _raw(conn).recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        conn.lingered += len(data)
+        if not data or conn.lingered >= LINGER_BYTES:
+            self._forget(conn, self._lingering)
+            self._close(conn)
 
     def enqueue_req(self, conn: Any) -> None:
         if not isinstance(conn.sock, DeadlineSocket):

@@ -325,6 +325,27 @@ def test_a_body_trickled_after_100_continue_is_held_to_the_request_deadline(pati
     assert not answer.startswith(b"HTTP/1.1 2"), answer[:300]
 
 
+def test_clients_that_keep_a_closed_connection_open_do_not_hold_up_the_others(patient_server: Served) -> None:
+    lingering = []
+    try:
+        for _ in range(6):  # each answered, then left open: gunicorn waited 2 s on its main loop for each
+            s = socket.create_connection(("127.0.0.1", patient_server.port), timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            lingering.append(s)
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert healthz_status(patient_server.port) == 200
+        assert time.monotonic() - started < 2
+        for s in lingering:
+            answer = b""
+            while received := s.recv(65536):  # the server closes its side within its 2 s linger
+                answer += received
+            assert answer.startswith(b"HTTP/1.0 200 "), answer[:300]
+    finally:
+        for s in lingering:
+            s.close()
+
+
 def test_a_head_over_64_kib_is_refused_with_431_without_a_thread(patient_server: Served) -> None:
     with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 9000)  # never ends
