@@ -33,6 +33,7 @@ from app.slow_clients import READY, TOO_LARGE, WAIT, DeadlineSocket, EarlyReques
 log = logging.getLogger(__name__)
 EARLY_BYTES_HELD = 64 << 20  # requests' bytes read on the poller and not yet taken by a thread, all connections
 LINGER_S, LINGER_BYTES = 2.0, 65536  # gunicorn's graceful close: how long and how much to read after an answer
+UNREAD_BODY_WAIT_S = 0.1  # before a kept-alive connection's next request: see RunnerWorker._keepalive_after
 BUSY = "busy"  # past EARLY_BYTES_HELD: the request that would go over it is refused
 REFUSALS = {
     TOO_LARGE: (431, "Request Header Fields Too Large", "the request's head is over 64 KiB"),
@@ -232,6 +233,17 @@ class RunnerWorker(ThreadWorker):
             self._close(conn)
             return
         super().finish_request(conn, fs)
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """Whether the connection is kept for another request (gunicorn's, with a shorter wait).
+
+        A body the application did not read is read and dropped first, for at most UNREAD_BODY_WAIT_S (gunicorn:
+        5 s, on this thread): a body already sent takes no time, and one the client holds back (a trickle, or an
+        `Expect: 100-continue` answered without a go-ahead) closes the connection instead.
+        """
+        if not keepalive:
+            return False
+        return bool(conn.parser.finish_body(deadline=time.monotonic() + UNREAD_BODY_WAIT_S))
 
     def _linger(self, conn: Any) -> None:
         """Gunicorn's graceful close without holding its main loop (it waits there up to 2 s for each).

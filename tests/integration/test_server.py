@@ -288,6 +288,8 @@ def test_requests_that_stall_after_their_first_bytes_take_no_thread(patient_serv
         b'POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"code": ',  # body never ends
         b"\r\nPOST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",  # after an empty line
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nG",  # a whole request, then the first byte of the next
+        b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",  # refused, body never sent
+        b"POST /run-json HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n",  # the same
     ):
         for _ in range(4):  # each kind alone would have taken every thread
             stalled.append(socket.create_connection(("127.0.0.1", port)))
