@@ -73,10 +73,10 @@ class RunnerWorker(ThreadWorker):
     """Gunicorn's threaded worker, with time limits on slow clients and a drain on SIGTERM.
 
     - A request is read on the poller, never on a thread, until a thread can take it without waiting: its head,
-      and its body when of known length (see EarlyRequest), within RUNNER_HTTP_READ_TIMEOUT_S of the connection
-      (of its first byte, on a kept-alive one), else the connection is closed. Gunicorn 27 gives a new connection
-      a thread as soon as a byte arrives (before: for 5 s, even with none), so a few connections a second sending
-      a byte and stalling would take every thread.
+      and its body when of known length or chunked (see EarlyRequest), within RUNNER_HTTP_READ_TIMEOUT_S of the
+      connection (of its first byte, on a kept-alive one), else the connection is closed. Gunicorn 27 gives a new
+      connection a thread as soon as a byte arrives (before: for 5 s, even with none), so a few connections a
+      second sending a byte and stalling would take every thread.
     - Each connection's socket is a DeadlineSocket (app/slow_clients.py): a request must arrive within
       RUNNER_HTTP_READ_TIMEOUT_S, and each write of an answer complete within RUNNER_HTTP_WRITE_TIMEOUT_S.
     - The stock worker stops accepting at once on SIGTERM. This one keeps serving while the service drains (new

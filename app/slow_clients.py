@@ -118,10 +118,10 @@ WAIT, READY, TOO_LARGE = "wait", "ready", "too large"  # what EarlyRequest.add s
 class EarlyRequest:
     """A request's first bytes, read on the server's poller until a thread can take the request without waiting.
 
-    A thread takes it once its head has arrived and, for a body of known length of at most `max_body` bytes, the
-    body too; a chunked body, an `Expect: 100-continue` (the client waits for our go-ahead) or a longer body is
-    read by the thread, under the same read deadline. Anything malformed also goes to the thread: gunicorn answers
-    it. A head longer than MAX_EARLY_HEAD is TOO_LARGE.
+    A thread takes it once its head has arrived and its body too when that is at most `max_body` bytes, of known
+    length or chunked; after an `Expect: 100-continue` (the client waits for our go-ahead) or past `max_body` the
+    thread reads the body, under the same read deadline. Anything malformed also goes to the thread: gunicorn
+    answers it. A head longer than MAX_EARLY_HEAD is TOO_LARGE.
     """
 
     def __init__(self, max_body: int) -> None:
@@ -129,6 +129,8 @@ class EarlyRequest:
         self._max_body = max_body
         self._searched = 0  # where the search for the head's end goes on (each byte is looked at about once)
         self._wanted: int | None = None  # total bytes to wait for, once the head has arrived
+        self._chunk_at = -1  # a chunked body: where its next chunk's size line starts
+        self._chunked_bytes = 0
 
     def add(self, chunk: bytes) -> str:
         """Keep `chunk`; READY when a thread may take the request now, WAIT, or TOO_LARGE."""
@@ -142,26 +144,65 @@ class EarlyRequest:
             at, size = min(ends)
             if at > MAX_EARLY_HEAD:
                 return TOO_LARGE
-            self._wanted = at + size + body_to_wait_for(bytes(self.data[:at]), self._max_body)
+            body = body_to_wait_for(bytes(self.data[:at]), self._max_body)
+            self._chunk_at = at + size if body == CHUNKED else -1
+            self._wanted = at + size + max(body, 0)
+        if self._chunk_at >= 0:
+            return self._chunks()
         return READY if len(self.data) >= self._wanted else WAIT
+
+    def _chunks(self) -> str:
+        """How far a chunked body has come: READY at its last chunk's end (or past `max_body`, or malformed)."""
+        data = self.data
+        while True:
+            line_end = data.find(b"\n", self._chunk_at, self._chunk_at + MAX_CHUNK_LINE)
+            if line_end < 0:
+                return READY if len(data) - self._chunk_at >= MAX_CHUNK_LINE else WAIT
+            digits = bytes(data[self._chunk_at : line_end]).split(b";", 1)[0].strip()
+            if not 0 < len(digits) <= 8 or digits.lstrip(HEX_DIGITS):
+                return READY  # not a chunk size: gunicorn refuses it
+            size = int(digits, 16)
+            if size == 0:  # the last chunk, then trailer lines up to an empty line
+                trailer = data[line_end + 1 : line_end + 1 + MAX_CHUNK_LINE]
+                ended = trailer.startswith((b"\r\n", b"\n")) or any(end in trailer for end in HEAD_ENDS)
+                return READY if ended or len(trailer) >= MAX_CHUNK_LINE else WAIT
+            if self._chunked_bytes + size > self._max_body:
+                return READY  # the application refuses it (413) once it has read up to its limit
+            if len(data) < line_end + 1 + size + 2:
+                return WAIT
+            self._chunked_bytes += size
+            self._chunk_at = line_end + 1 + size + 2  # past the chunk's data and its CRLF
 
 
 MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no body worth awaiting (and int() refuses 4,300 digits)
+MAX_CHUNK_LINE = 4096  # a chunk's size line, or the trailer lines; longer goes to gunicorn, which refuses it
+HEX_DIGITS = b"0123456789abcdefABCDEF"
+CHUNKED = -1  # body_to_wait_for: a chunked body, awaited chunk by chunk
 
 
 def body_to_wait_for(head: bytes, max_body: int) -> int:
-    """The body bytes worth waiting for on the poller: its Content-Length when plain and at most `max_body`, else 0."""
-    length = -1
+    """The body worth waiting for on the poller: its Content-Length when at most `max_body`, CHUNKED, or 0 (none).
+
+    0 also for anything unusual (an expectation, two lengths, a length with a transfer coding, codings other than
+    chunked alone, a malformed line): the thread reads it, and gunicorn refuses what it must.
+    """
+    length, chunked = -1, False
     lines = head.lstrip(b"\r\n").split(b"\n")  # gunicorn takes an empty line before the request line
     for line in lines[1:]:  # the header lines, after the request line
         name, colon, value = line.partition(b":")
         if not colon:
             return 0
         name, value = name.strip().lower(), value.strip()
-        if name == b"transfer-encoding" or (name == b"expect" and value.lower() == b"100-continue"):
+        if name == b"expect" and value.lower() == b"100-continue":
             return 0
+        if name == b"transfer-encoding":
+            if chunked or value.lower() != b"chunked":
+                return 0
+            chunked = True
         if name == b"content-length":
             if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS or length >= 0:
                 return 0
             length = int(value)
+    if chunked:
+        return CHUNKED if length < 0 else 0
     return length if 0 <= length <= max_body else 0

@@ -288,6 +288,7 @@ def test_requests_that_stall_after_their_first_bytes_take_no_thread(patient_serv
         b'POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"code": ',  # body never ends
         b"\r\nPOST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",  # after an empty line
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nG",  # a whole request, then the first byte of the next
+        b"POST /run-json HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",  # chunks stop
         b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",  # refused, body never sent
         b"POST /run-json HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n",  # the same
     ):
@@ -377,6 +378,27 @@ def test_a_request_sent_in_pieces_within_the_read_limit_is_answered(patient_serv
         for at in range(0, len(request), 40):  # a head and a body in pieces, the last of them after ~2 s
             s.sendall(request[at : at + 40])
             time.sleep(0.1)
+        answer = b""
+        while received := s.recv(65536):
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
+
+
+def test_a_chunked_request_sent_in_pieces_is_answered(patient_server: Served) -> None:
+    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
+    chunks = [body[:10], body[10:]]
+    request = (
+        (
+            f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+        + b"0\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=20) as s:
+        for at in range(0, len(request), 7):
+            s.sendall(request[at : at + 7])
+            time.sleep(0.02)
         answer = b""
         while received := s.recv(65536):
             answer += received

@@ -32,7 +32,8 @@ def test_bare_newlines_end_a_head_too() -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        b"Transfer-Encoding: chunked",  # the thread reads a chunked body under the request's read limit
+        b"Transfer-Encoding: gzip, chunked",  # codings the application does not take: gunicorn or it refuses
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5",  # both: gunicorn refuses it
         b"Expect: 100-continue",  # the client waits for the go-ahead before its body
         b"Content-Length: 1001",  # longer than the body worth holding
         b"Content-Length: -5",
@@ -41,6 +42,19 @@ def test_bare_newlines_end_a_head_too() -> None:
 )
 def test_a_body_not_worth_awaiting_goes_to_a_thread_with_the_head(header: bytes) -> None:
     assert fed(HEAD + header + b"\r\n\r\n") == [READY]
+
+
+def test_a_chunked_body_is_awaited_to_its_last_chunk_and_trailers() -> None:
+    head = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert fed(head, b"5\r\nhel", b"lo\r\n", b"3;ext=1\r\nabc\r\n0\r", b"\n\r\n") == [WAIT, WAIT, WAIT, WAIT, READY]
+    assert fed(head + b"1\r\na\r\n0\r\n", b"X-Trailer: 1\r\n", b"\r\n") == [WAIT, WAIT, READY]
+
+
+def test_a_chunked_body_past_the_limit_or_malformed_goes_to_a_thread() -> None:
+    head = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert fed(head + b"3E9\r\n") == [READY]  # 1001 bytes declared: the application answers 413
+    assert fed(head + b"zz\r\n") == [READY]
+    assert fed(head + b"5" * 5000) == [READY]  # a size line that never ends
 
 
 def test_two_content_lengths_or_a_broken_header_line_go_to_gunicorn_which_refuses_them() -> None:
