@@ -28,7 +28,7 @@ from app.jobs.worker import Loops, WorkerContext, listen_for_cancels, stop_on_si
 from app.logs import GunicornLogger
 from app.metrics import serve_metrics
 from app.services import EXTENSION, Services
-from app.slow_clients import READY, TOO_LARGE, WAIT, DeadlineSocket, EarlyRequest
+from app.slow_clients import BODY_TOO_LARGE, CONTINUE, READY, TOO_LARGE, WAIT, DeadlineSocket, EarlyRequest
 
 log = logging.getLogger(__name__)
 EARLY_BYTES_HELD = 64 << 20  # requests' bytes read on the poller and not yet taken by a thread, all connections
@@ -37,6 +37,7 @@ UNREAD_BODY_WAIT_S = 0.1  # before a kept-alive connection's next request: see R
 BUSY = "busy"  # past EARLY_BYTES_HELD: the request that would go over it is refused
 REFUSALS = {
     TOO_LARGE: (431, "Request Header Fields Too Large", "the request's head is over 64 KiB"),
+    BODY_TOO_LARGE: (413, "Payload Too Large", "the request's body is over {} bytes"),
     BUSY: (503, "Service Unavailable", "the server is receiving too many requests at once; retry"),
 }
 
@@ -159,7 +160,12 @@ class RunnerWorker(ThreadWorker):
             if self._early_held + len(chunk) > EARLY_BYTES_HELD:
                 return BUSY
             self._early_held += len(chunk)
-        state: str = conn.early.add(chunk)
+        early = conn.early
+        state: str = early.add(chunk)
+        if state == WAIT and early.expects_continue and not early.continued:
+            early.continued = True  # its body comes once it has our go-ahead (gunicorn's is then not sent again)
+            with contextlib.suppress(OSError):  # a client gone is seen at the next read
+                _raw(conn).send(CONTINUE)
         return state
 
     def _hand_over(self, conn: Any, state: str) -> None:
@@ -168,6 +174,7 @@ class RunnerWorker(ThreadWorker):
             self.enqueue_req(conn)
             return
         status, reason, message = REFUSALS[state]
+        message = message.format(self._settings.max_body_bytes)
         with contextlib.suppress(OSError):
             write_json_error(_raw(conn), status, reason, message)
         self._close(conn)
@@ -284,7 +291,9 @@ class RunnerWorker(ThreadWorker):
     def handle(self, conn: Any) -> Any:
         early = getattr(conn, "early", None)
         if isinstance(conn.sock, DeadlineSocket):  # a request read on the poller keeps the time limit it had there
-            conn.sock.new_request(deadline=conn.timeout if early is not None else None)
+            conn.sock.new_request(
+                deadline=conn.timeout if early is not None else None, continued=early is not None and early.continued
+            )
         if early is not None:  # what the poller read: the parser reads it first
             self._release(conn)
             conn.sock.setblocking(True)

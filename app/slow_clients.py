@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 INTERIM = b"HTTP/1.1 1"  # a 1xx answer (gunicorn's "100 Continue"): the request's body is still to be read
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # exactly what gunicorn sends
 
 
 class DeadlineSocket:
@@ -40,11 +41,16 @@ class DeadlineSocket:
         self._deadline: float | None = None
         self._receiving = False  # between a request's start and its answer's first write
         self._given_up = False
+        self._continued = False  # the server's poller has sent this request's 100 Continue
 
-    def new_request(self, deadline: float | None = None) -> None:
-        """A request may begin: its read deadline is `deadline` (time.monotonic), else counts from its first read."""
+    def new_request(self, deadline: float | None = None, continued: bool = False) -> None:
+        """A request may begin: its read deadline is `deadline` (time.monotonic), else counts from its first read.
+
+        `continued`: its 100 Continue was sent already, so gunicorn's is not sent again.
+        """
         self._deadline = deadline
         self._receiving = True
+        self._continued = continued
 
     def recv(self, size: int, *flags: int) -> bytes:
         return self._read(lambda: self._sock.recv(size, *flags))
@@ -53,10 +59,19 @@ class DeadlineSocket:
         return self._read(lambda: self._sock.recv_into(buffer, *args))
 
     def sendall(self, data: bytes, *flags: int) -> None:
-        self._write(lambda: self._sock.sendall(data, *flags), interim=data.startswith(INTERIM))
+        if not self._sent_already(data):
+            self._write(lambda: self._sock.sendall(data, *flags), interim=data.startswith(INTERIM))
 
     def send(self, data: bytes, *flags: int) -> int:
+        if self._sent_already(data):
+            return len(data)
         return self._write(lambda: self._sock.send(data, *flags), interim=data.startswith(INTERIM))
+
+    def _sent_already(self, data: bytes) -> bool:
+        if self._continued and data == CONTINUE:
+            self._continued = False
+            return True
+        return False
 
     def shutdown(self, how: int) -> None:
         """Half-close, except for a dropped client: its socket is closed at once.
@@ -112,16 +127,16 @@ class DeadlineSocket:
 
 HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 MAX_EARLY_HEAD = 64 * 1024  # a longer head is refused (431) by the server's poller, never handed to a thread
-WAIT, READY, TOO_LARGE = "wait", "ready", "too large"  # what EarlyRequest.add says
+WAIT, READY, TOO_LARGE, BODY_TOO_LARGE = "wait", "ready", "too large", "body too large"  # EarlyRequest.add says
 
 
 class EarlyRequest:
     """A request's first bytes, read on the server's poller until a thread can take the request without waiting.
 
-    A thread takes it once its head has arrived and its body too when that is at most `max_body` bytes, of known
-    length or chunked; after an `Expect: 100-continue` (the client waits for our go-ahead) or past `max_body` the
-    thread reads the body, under the same read deadline. Anything malformed also goes to the thread: gunicorn
-    answers it. A head longer than MAX_EARLY_HEAD is TOO_LARGE.
+    A thread takes it once its head and its body have arrived, of known length or chunked. A head longer than
+    MAX_EARLY_HEAD is TOO_LARGE, a body longer than `max_body` BODY_TOO_LARGE (declared, or counted chunk by chunk).
+    `expects_continue` says when the client awaits a `100 Continue` before it sends its body (the server sends it).
+    Anything malformed goes to a thread at once: gunicorn refuses it.
     """
 
     def __init__(self, max_body: int) -> None:
@@ -131,6 +146,8 @@ class EarlyRequest:
         self._wanted: int | None = None  # total bytes to wait for, once the head has arrived
         self._chunk_at = -1  # a chunked body: where its next chunk's size line starts
         self._chunked_bytes = 0
+        self.expects_continue = False
+        self.continued = False  # the server has sent the 100 Continue
 
     def add(self, chunk: bytes) -> str:
         """Keep `chunk`; READY when a thread may take the request now, WAIT, or TOO_LARGE."""
@@ -144,7 +161,11 @@ class EarlyRequest:
             at, size = min(ends)
             if at > MAX_EARLY_HEAD:
                 return TOO_LARGE
-            body = body_to_wait_for(bytes(self.data[:at]), self._max_body)
+            head = bytes(self.data[:at])
+            body = body_to_wait_for(head, self._max_body)
+            if body == TOO_LONG:
+                return BODY_TOO_LARGE
+            self.expects_continue = expects_continue(head)
             self._chunk_at = at + size if body == CHUNKED else -1
             self._wanted = at + size + max(body, 0)
         if self._chunk_at >= 0:
@@ -167,24 +188,24 @@ class EarlyRequest:
                 ended = trailer.startswith((b"\r\n", b"\n")) or any(end in trailer for end in HEAD_ENDS)
                 return READY if ended or len(trailer) >= MAX_CHUNK_LINE else WAIT
             if self._chunked_bytes + size > self._max_body:
-                return READY  # the application refuses it (413) once it has read up to its limit
+                return BODY_TOO_LARGE
             if len(data) < line_end + 1 + size + 2:
                 return WAIT
             self._chunked_bytes += size
             self._chunk_at = line_end + 1 + size + 2  # past the chunk's data and its CRLF
 
 
-MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no body worth awaiting (and int() refuses 4,300 digits)
+MAX_LENGTH_DIGITS = 18  # a longer Content-Length is too long, unread (int() refuses 4,300 digits)
 MAX_CHUNK_LINE = 4096  # a chunk's size line, or the trailer lines; longer goes to gunicorn, which refuses it
 HEX_DIGITS = b"0123456789abcdefABCDEF"
-CHUNKED = -1  # body_to_wait_for: a chunked body, awaited chunk by chunk
+CHUNKED, TOO_LONG = -1, -2  # body_to_wait_for: a chunked body (awaited chunk by chunk), one over max_body
 
 
 def body_to_wait_for(head: bytes, max_body: int) -> int:
-    """The body worth waiting for on the poller: its Content-Length when at most `max_body`, CHUNKED, or 0 (none).
+    """The body to wait for on the poller: its Content-Length (TOO_LONG over `max_body`), CHUNKED, or 0 (none).
 
-    0 also for anything unusual (an expectation, two lengths, a length with a transfer coding, codings other than
-    chunked alone, a malformed line): the thread reads it, and gunicorn refuses what it must.
+    0 also for anything unusual (two lengths, a length with a transfer coding, codings other than chunked alone, a
+    malformed line): a thread takes it at once, and gunicorn refuses it.
     """
     length, chunked = -1, False
     lines = head.lstrip(b"\r\n").split(b"\n")  # gunicorn takes an empty line before the request line
@@ -193,16 +214,25 @@ def body_to_wait_for(head: bytes, max_body: int) -> int:
         if not colon:
             return 0
         name, value = name.strip().lower(), value.strip()
-        if name == b"expect" and value.lower() == b"100-continue":
-            return 0
         if name == b"transfer-encoding":
             if chunked or value.lower() != b"chunked":
                 return 0
             chunked = True
         if name == b"content-length":
-            if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS or length >= 0:
+            if not value.isdigit() or length >= 0:
                 return 0
-            length = int(value)
+            length = int(value) if len(value) <= MAX_LENGTH_DIGITS else max_body + 1
     if chunked:
         return CHUNKED if length < 0 else 0
-    return length if 0 <= length <= max_body else 0
+    return TOO_LONG if length > max_body else max(length, 0)
+
+
+def expects_continue(head: bytes) -> bool:
+    """An HTTP/1.1 request whose client waits for a `100 Continue` before it sends its body (never sent to 1.0)."""
+    lines = head.lstrip(b"\r\n").split(b"\n")
+    if not lines[0].rstrip().endswith(b"HTTP/1.1"):
+        return False
+    return any(
+        name.strip().lower() == b"expect" and value.strip().lower() == b"100-continue"
+        for name, _, value in (line.partition(b":") for line in lines[1:])
+    )

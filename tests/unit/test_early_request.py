@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.slow_clients import MAX_EARLY_HEAD, READY, TOO_LARGE, WAIT, EarlyRequest, body_to_wait_for
+from app.slow_clients import BODY_TOO_LARGE, MAX_EARLY_HEAD, READY, TOO_LARGE, WAIT, EarlyRequest, body_to_wait_for
 
 HEAD = b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
@@ -34,13 +34,11 @@ def test_bare_newlines_end_a_head_too() -> None:
     [
         b"Transfer-Encoding: gzip, chunked",  # codings the application does not take: gunicorn or it refuses
         b"Transfer-Encoding: chunked\r\nContent-Length: 5",  # both: gunicorn refuses it
-        b"Expect: 100-continue",  # the client waits for the go-ahead before its body
-        b"Content-Length: 1001",  # longer than the body worth holding
         b"Content-Length: -5",
         b"Content-Length: 1e3",
     ],
 )
-def test_a_body_not_worth_awaiting_goes_to_a_thread_with_the_head(header: bytes) -> None:
+def test_a_body_framed_oddly_goes_to_a_thread_with_the_head_for_gunicorn_to_refuse(header: bytes) -> None:
     assert fed(HEAD + header + b"\r\n\r\n") == [READY]
 
 
@@ -50,9 +48,9 @@ def test_a_chunked_body_is_awaited_to_its_last_chunk_and_trailers() -> None:
     assert fed(head + b"1\r\na\r\n0\r\n", b"X-Trailer: 1\r\n", b"\r\n") == [WAIT, WAIT, READY]
 
 
-def test_a_chunked_body_past_the_limit_or_malformed_goes_to_a_thread() -> None:
+def test_a_chunked_body_past_the_limit_is_refused_and_a_malformed_one_goes_to_a_thread() -> None:
     head = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
-    assert fed(head + b"3E9\r\n") == [READY]  # 1001 bytes declared: the application answers 413
+    assert fed(head + b"3E9\r\n") == [BODY_TOO_LARGE]  # 1001 bytes declared
     assert fed(head + b"zz\r\n") == [READY]
     assert fed(head + b"5" * 5000) == [READY]  # a size line that never ends
 
@@ -73,8 +71,21 @@ def test_an_empty_line_before_the_request_line_is_skipped_as_gunicorn_does() -> 
     assert fed(b"\r\n" + HEAD + b"Content-Length: 10\r\n\r\n", b"0123456789") == [WAIT, READY]
 
 
-def test_a_content_length_of_thousands_of_digits_is_no_body_to_await_and_no_error() -> None:
-    assert fed(HEAD + b"Content-Length: " + b"1" * 4301 + b"\r\n\r\n") == [READY]
+def test_a_body_over_the_limit_is_refused_declared_or_counted_in_chunks_and_never_read() -> None:
+    assert fed(HEAD + b"Content-Length: 1001\r\n\r\n") == [BODY_TOO_LARGE]
+    assert fed(HEAD + b"Content-Length: " + b"1" * 4301 + b"\r\n\r\n") == [BODY_TOO_LARGE]  # int() would raise
+    chunked = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert fed(chunked + b"1F4\r\n" + b"a" * 500 + b"\r\n", b"1F5\r\n") == [WAIT, BODY_TOO_LARGE]
+
+
+def test_a_client_awaiting_100_continue_is_told_so_and_its_body_still_awaited() -> None:
+    early = EarlyRequest(1000)
+    assert early.add(HEAD + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n") == WAIT
+    assert early.expects_continue
+    assert early.add(b"abc") == READY
+    http10 = EarlyRequest(1000)
+    assert http10.add(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n") == WAIT
+    assert not http10.expects_continue  # never a 100 Continue to an HTTP/1.0 client
 
 
 def test_a_head_sent_a_byte_at_a_time_is_searched_once_not_over_and_over() -> None:
