@@ -56,39 +56,55 @@ class Readiness:
 
     A check is a few calls to Docker (~4 ms of the engine's CPU) or to Redis and the store, and /readyz needs no
     key: a flood of /readyz must not become a flood of them. Those asking while a check is under way take its
-    answer when it ends (however long it took: never one check after another). A draining service is answered
-    with a check of its own, never the kept one nor behind one under way.
+    outcome when it ends, its error included (however long it took: never one check after another). Draining and
+    not draining are answered from checks of their own, so a change of `draining` is answered at once.
     """
 
     def __init__(self, check: Callable[[bool], dict[str, Any]], max_age_s: float = READY_MAX_AGE_S) -> None:
         self._check = check
         self._max_age_s = max_age_s
         self._changed = threading.Condition()
-        self._answer: tuple[float, dict[str, Any]] | None = None  # (when it ended, body)
-        self._checking = False
+        self._slots = {False: _Slot(), True: _Slot()}
 
     def __call__(self, draining: bool) -> dict[str, Any]:
-        if draining:
-            return self._check(True)
+        slot = self._slots[draining]
         with self._changed:
-            kept = self._answer
-            if kept is not None and time.monotonic() - kept[0] < self._max_age_s:
-                return dict(kept[1])
-            if self._checking:
-                self._changed.wait_for(lambda: self._answer is not kept or not self._checking)
-                if self._answer is not kept and self._answer is not None:
-                    return dict(self._answer[1])
-            self._checking = True
-        body = None
+            if slot.body is not None and time.monotonic() - slot.ended < self._max_age_s:
+                return dict(slot.body)
+            if slot.checking:
+                generation = slot.generation
+                self._changed.wait_for(lambda: slot.generation != generation)
+                return slot.outcome()
+            slot.checking = True
+        body: dict[str, Any] | None = None
+        error: Exception | None = None
         try:
-            body = self._check(False)
-            return dict(body)
-        finally:
-            with self._changed:
-                self._checking = False
-                if body is not None:
-                    self._answer = (time.monotonic(), body)
-                self._changed.notify_all()
+            body = self._check(draining)
+        except Exception as e:
+            error = e
+        with self._changed:
+            slot.checking = False
+            slot.generation += 1
+            slot.body, slot.error, slot.ended = body, error, time.monotonic()
+            self._changed.notify_all()
+            return slot.outcome()
+
+
+class _Slot:
+    """The last check of one kind (draining or not): its answer or error, when it ended, whether one is under way."""
+
+    def __init__(self) -> None:
+        self.body: dict[str, Any] | None = None
+        self.error: Exception | None = None
+        self.ended = 0.0
+        self.checking = False
+        self.generation = 0
+
+    def outcome(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.body is not None
+        return dict(self.body)
 
 
 def liveness() -> dict[str, Any]:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 EARLY_BYTES_HELD = 64 << 20  # requests' bytes read on the poller and not yet taken by a thread, all connections
 LINGER_S, LINGER_BYTES = 2.0, 65536  # gunicorn's graceful close: how long and how much to read after an answer
 UNREAD_BODY_WAIT_S = 0.1  # before a kept-alive connection's next request: see RunnerWorker._keepalive_after
+SMALL_REQUEST = 64 * 1024  # a complete request this small is never refused for the bytes held (EARLY_BYTES_HELD)
+QUEUED_GRACE_S = 1.0  # a request read on the poller has at least this left of its read limit once a thread takes it
 BUSY = "busy"  # past EARLY_BYTES_HELD: the request that would go over it is refused
 REFUSALS = {
     TOO_LARGE: (431, "Request Header Fields Too Large", "the request's head is over 64 KiB"),
@@ -110,9 +112,9 @@ class RunnerWorker(ThreadWorker):
         conn = TConn(self.cfg, sock, address, listener.getsockname())
         self._await_request(conn)
 
-    def _await_request(self, conn: Any) -> None:
-        """Read the connection's request on the poller (its time limit counts from now)."""
-        conn.timeout = time.monotonic() + self._settings.http_read_timeout_s
+    def _await_request(self, conn: Any, deadline: float | None = None) -> None:
+        """Read the connection's request on the poller until `deadline` (RUNNER_HTTP_READ_TIMEOUT_S from now)."""
+        conn.timeout = deadline if deadline is not None else time.monotonic() + self._settings.http_read_timeout_s
         self.pending_conns.append(conn)  # closed by murder_pending once its time is up
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
 
@@ -137,31 +139,40 @@ class RunnerWorker(ThreadWorker):
             except OSError:
                 chunk = b""
             if not chunk:  # the client has gone
-                self._forget(conn, waiting)
+                self._forget(conn)
                 self._close(conn)
                 return
-            state = self._add_early(conn, chunk)
-            if state == WAIT and waiting is self.keepalived_conns:  # from now on, the time limit of a request
-                self._forget(conn, waiting)
-                self._await_request(conn)
+            kept_alive = waiting is self.keepalived_conns  # a kept-alive connection's request begins with this byte
+            state = self._add_early(conn, chunk, None if kept_alive else conn.timeout)
+            if state == WAIT and kept_alive:
+                self._forget(conn)
+                self._await_request(conn, conn.early.deadline)
             elif state != WAIT:
-                self._forget(conn, waiting)
+                self._forget(conn)
                 self._hand_over(conn, state)
         except Exception:
             log.exception("reading a request on the poller failed; closing its connection")
-            self._forget(conn, waiting)
+            self._forget(conn)
             self._close(conn)
 
-    def _add_early(self, conn: Any, chunk: bytes) -> str:
-        """Add `chunk` to the connection's EarlyRequest (made on its first bytes); BUSY past EARLY_BYTES_HELD."""
-        if getattr(conn, "early", None) is None:
-            conn.early = EarlyRequest(self._settings.max_body_bytes)
-        with self._early_lock:
-            if self._early_held + len(chunk) > EARLY_BYTES_HELD:
-                return BUSY
-            self._early_held += len(chunk)
-        early = conn.early
+    def _add_early(self, conn: Any, chunk: bytes, deadline: float | None) -> str:
+        """Add `chunk` to the connection's request; what EarlyRequest.add says, or BUSY.
+
+        The EarlyRequest is made on the request's first bytes, with its deadline: `deadline`, else
+        RUNNER_HTTP_READ_TIMEOUT_S from now. BUSY when the bytes held pass EARLY_BYTES_HELD, unless the request is
+        complete and small (a client filling the budget must not get /healthz refused).
+        """
+        early = getattr(conn, "early", None)
+        if early is None:
+            s = self._settings
+            deadline = deadline if deadline is not None else time.monotonic() + s.http_read_timeout_s
+            early = conn.early = EarlyRequest(s.max_body_bytes, deadline)
         state: str = early.add(chunk)
+        with self._early_lock:
+            self._early_held += len(chunk)
+            over = self._early_held > EARLY_BYTES_HELD
+        if over and (state == WAIT or (state == READY and len(early.data) > SMALL_REQUEST)):
+            return BUSY
         if state == WAIT and early.expects_continue and not early.continued:
             early.continued = True  # its body comes once it has our go-ahead (gunicorn's is then not sent again)
             with contextlib.suppress(OSError):  # a client gone is seen at the next read
@@ -179,15 +190,19 @@ class RunnerWorker(ThreadWorker):
             write_json_error(_raw(conn), status, reason, message)
         self._close(conn)
 
-    def _forget(self, conn: Any, waiting: Any = None) -> None:
-        """Off the poller and out of `waiting` (the deque it was in), wherever it still was."""
+    def _forget(self, conn: Any) -> None:
+        """Off the poller and out of the lines of waiting connections, wherever it still was."""
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
-        if waiting is not None:
+        for waiting in (self.pending_conns, self.keepalived_conns, self._lingering):
             with contextlib.suppress(ValueError):
                 waiting.remove(conn)
 
     def _close(self, conn: Any) -> None:
+        """Close the connection, once (it counts in gunicorn's limit on connections until then)."""
+        if getattr(conn, "closed_here", False):
+            return
+        conn.closed_here = True
         self._release(conn)
         self.nr_conns -= 1
         conn.close()
@@ -226,9 +241,9 @@ class RunnerWorker(ThreadWorker):
             parser = getattr(conn, "parser", None)
             if keep and parser is not None and parser.unreader.buf.getvalue():
                 conn.sock.setblocking(False)
-                state = self._add_early(conn, parser.unreader.take_buffered())
+                state = self._add_early(conn, parser.unreader.take_buffered(), None)
                 if state == WAIT:
-                    self._await_request(conn)
+                    self._await_request(conn, conn.early.deadline)
                 else:
                     self._hand_over(conn, state)
                 return
@@ -279,7 +294,7 @@ class RunnerWorker(ThreadWorker):
             data = b""
         conn.lingered += len(data)
         if not data or conn.lingered >= LINGER_BYTES:
-            self._forget(conn, self._lingering)
+            self._forget(conn)
             self._close(conn)
 
     def enqueue_req(self, conn: Any) -> None:
@@ -290,10 +305,10 @@ class RunnerWorker(ThreadWorker):
 
     def handle(self, conn: Any) -> Any:
         early = getattr(conn, "early", None)
-        if isinstance(conn.sock, DeadlineSocket):  # a request read on the poller keeps the time limit it had there
-            conn.sock.new_request(
-                deadline=conn.timeout if early is not None else None, continued=early is not None and early.continued
-            )
+        if isinstance(conn.sock, DeadlineSocket):
+            # A request read on the poller keeps its time limit, less the time it waited here for a thread.
+            deadline = max(early.deadline, time.monotonic() + QUEUED_GRACE_S) if early is not None else None
+            conn.sock.new_request(deadline=deadline, continued=early is not None and early.continued)
         if early is not None:  # what the poller read: the parser reads it first
             self._release(conn)
             conn.sock.setblocking(True)

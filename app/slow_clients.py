@@ -139,8 +139,9 @@ class EarlyRequest:
     Anything malformed goes to a thread at once: gunicorn refuses it.
     """
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, deadline: float = 0.0) -> None:
         self.data = bytearray()
+        self.deadline = deadline  # time.monotonic() by which the whole request must have come (the server's)
         self._max_body = max_body
         self._searched = 0  # where the search for the head's end goes on (each byte is looked at about once)
         self._wanted: int | None = None  # total bytes to wait for, once the head has arrived

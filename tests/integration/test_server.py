@@ -405,6 +405,32 @@ def test_a_chunked_request_sent_in_pieces_is_answered(patient_server: Served) ->
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
 
 
+def test_a_kept_alive_request_that_takes_longer_than_the_keep_alive_to_arrive_is_answered(
+    patient_server: Served,
+) -> None:
+    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
+    head = (
+        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=20) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"}\n"):
+            first += s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        time.sleep(1.5)  # gunicorn keeps the connection 2 s for the next request's first byte
+        s.sendall(head)
+        for piece in (body[:10], body[10:]):  # the request's end comes 3 s after its start (its limit: 8 s)
+            time.sleep(1.5)
+            s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        s.sendall(b"0\r\n\r\n")
+        answer = b""
+        while received := s.recv(65536):
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
+
+
 def test_a_client_that_awaits_100_continue_gets_it_before_it_sends_its_body(patient_server: Served) -> None:
     body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
     head = (

@@ -81,6 +81,40 @@ def test_a_draining_service_does_not_wait_behind_a_check_under_way() -> None:
     slow.join()
 
 
+def test_callers_waiting_for_a_check_that_fails_get_its_error_not_a_check_each() -> None:
+    calls = 0
+
+    def failing(draining: bool) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.3)
+        raise RuntimeError("engine gone")
+
+    ready = Readiness(failing, max_age_s=60)
+    errors: list[str] = []
+
+    def ask() -> None:
+        try:
+            ready(False)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=ask) for _ in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    assert errors == ["engine gone"] * 5
+    assert calls == 1
+
+
+def test_a_draining_service_is_answered_from_one_check_per_max_age_too() -> None:
+    check = CountingCheck()
+    ready = Readiness(check, max_age_s=60)
+    assert {ready(True)["check"] for _ in range(20)} == {1}
+
+
 def test_a_failing_check_lets_the_next_caller_check_again() -> None:
     calls = 0
 
