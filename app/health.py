@@ -51,6 +51,10 @@ DRAINING_PROBLEM = "the service is stopping (draining: running jobs end, no new 
 READY_MAX_AGE_S = 1.0  # how long one readiness answer serves every /readyz that asks
 
 
+class ReadinessCheckFailed(RuntimeError):
+    """A readiness check raised (its error is the cause); every caller waiting for that check gets one."""
+
+
 class Readiness:
     """The readiness answer, checked at most once per READY_MAX_AGE_S however many ask.
 
@@ -101,8 +105,8 @@ class _Slot:
         self.generation = 0
 
     def outcome(self) -> dict[str, Any]:
-        if self.error is not None:
-            raise self.error
+        if self.error is not None:  # each caller its own exception (one object raised in many threads grows)
+            raise ReadinessCheckFailed(f"the readiness check failed: {self.error}") from self.error
         assert self.body is not None
         return dict(self.body)
 

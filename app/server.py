@@ -36,7 +36,8 @@ LINGER_S, LINGER_BYTES = 2.0, 65536  # gunicorn's graceful close: how long and h
 UNREAD_BODY_WAIT_S = 0.1  # before a kept-alive connection's next request: see RunnerWorker._keepalive_after
 SMALL_REQUEST = 64 * 1024  # a complete request this small is never refused for the bytes held (EARLY_BYTES_HELD)
 QUEUED_GRACE_S = 1.0  # a request read on the poller has at least this left of its read limit once a thread takes it
-BUSY = "busy"  # past EARLY_BYTES_HELD: the request that would go over it is refused
+BUSY = "busy"  # besides EarlyRequest's states: refused, the bytes held being past EARLY_BYTES_HELD
+DROP = "drop"  # ...and closed without a word (a client that does not read what it is sent)
 REFUSALS = {
     TOO_LARGE: (431, "Request Header Fields Too Large", "the request's head is over 64 KiB"),
     BODY_TOO_LARGE: (413, "Payload Too Large", "the request's body is over {} bytes"),
@@ -174,9 +175,10 @@ class RunnerWorker(ThreadWorker):
         if over and (state == WAIT or (state == READY and len(early.data) > SMALL_REQUEST)):
             return BUSY
         if state == WAIT and early.expects_continue and not early.continued:
-            early.continued = True  # its body comes once it has our go-ahead (gunicorn's is then not sent again)
-            with contextlib.suppress(OSError):  # a client gone is seen at the next read
-                _raw(conn).send(CONTINUE)
+            with contextlib.suppress(OSError):  # its body comes once it has our go-ahead (gunicorn's is not sent)
+                early.continued = _raw(conn).send(CONTINUE) == len(CONTINUE)
+            if not early.continued:  # a client not reading what it was sent: half a go-ahead would break the stream
+                return DROP
         return state
 
     def _hand_over(self, conn: Any, state: str) -> None:
@@ -184,11 +186,15 @@ class RunnerWorker(ThreadWorker):
         if state == READY:
             self.enqueue_req(conn)
             return
+        if state == DROP:
+            self._close(conn)
+            return
         status, reason, message = REFUSALS[state]
         message = message.format(self._settings.max_body_bytes)
         with contextlib.suppress(OSError):
             write_json_error(_raw(conn), status, reason, message)
-        self._close(conn)
+        self._release(conn)
+        self._linger(conn)  # the client may still be sending: closed at once, the kernel would answer with a reset
 
     def _forget(self, conn: Any) -> None:
         """Off the poller and out of the lines of waiting connections, wherever it still was."""

@@ -146,6 +146,7 @@ class EarlyRequest:
         self._searched = 0  # where the search for the head's end goes on (each byte is looked at about once)
         self._wanted: int | None = None  # total bytes to wait for, once the head has arrived
         self._chunk_at = -1  # a chunked body: where its next chunk's size line starts
+        self._trailer_at = -1  # ...and where its trailer lines start, after its last chunk
         self._chunked_bytes = 0
         self.expects_continue = False
         self.continued = False  # the server has sent the 100 Continue
@@ -176,28 +177,35 @@ class EarlyRequest:
     def _chunks(self) -> str:
         """How far a chunked body has come: READY at its last chunk's end (or past `max_body`, or malformed)."""
         data = self.data
-        while True:
+        while self._trailer_at < 0:
             line_end = data.find(b"\n", self._chunk_at, self._chunk_at + MAX_CHUNK_LINE)
-            if line_end < 0:
+            if line_end < 0:  # gunicorn refuses a size line past its own limit (8,190) at once
                 return READY if len(data) - self._chunk_at >= MAX_CHUNK_LINE else WAIT
             digits = bytes(data[self._chunk_at : line_end]).split(b";", 1)[0].strip()
-            if not 0 < len(digits) <= 8 or digits.lstrip(HEX_DIGITS):
-                return READY  # not a chunk size: gunicorn refuses it
-            size = int(digits, 16)
-            if size == 0:  # the last chunk, then trailer lines up to an empty line
-                trailer = data[line_end + 1 : line_end + 1 + MAX_CHUNK_LINE]
-                ended = trailer.startswith((b"\r\n", b"\n")) or any(end in trailer for end in HEAD_ENDS)
-                return READY if ended or len(trailer) >= MAX_CHUNK_LINE else WAIT
+            if not digits or digits.lstrip(HEX_DIGITS):
+                return READY  # not a chunk size: gunicorn refuses it at once
+            significant = digits.lstrip(b"0")
+            size = int(significant, 16) if 0 < len(significant) <= 16 else (0 if not significant else 1 << 64)
             if self._chunked_bytes + size > self._max_body:
                 return BODY_TOO_LARGE
+            if size == 0:  # the last chunk: trailer lines up to an empty line follow
+                self._trailer_at = self._searched = line_end + 1
+                break
             if len(data) < line_end + 1 + size + 2:
                 return WAIT
             self._chunked_bytes += size
             self._chunk_at = line_end + 1 + size + 2  # past the chunk's data and its CRLF
+        if data.startswith((b"\r\n", b"\n"), self._trailer_at):
+            return READY
+        start = max(self._searched - 3, self._trailer_at)
+        self._searched = len(data)
+        if any(data.find(end, start) >= 0 for end in HEAD_ENDS):
+            return READY
+        return TOO_LARGE if len(data) - self._trailer_at > MAX_EARLY_HEAD else WAIT
 
 
 MAX_LENGTH_DIGITS = 18  # a longer Content-Length is too long, unread (int() refuses 4,300 digits)
-MAX_CHUNK_LINE = 4096  # a chunk's size line, or the trailer lines; longer goes to gunicorn, which refuses it
+MAX_CHUNK_LINE = 8192 + 64  # a chunk's size line: longer goes to gunicorn, which refuses it (past 8,190) at once
 HEX_DIGITS = b"0123456789abcdefABCDEF"
 CHUNKED, TOO_LONG = -1, -2  # body_to_wait_for: a chunked body (awaited chunk by chunk), one over max_body
 
@@ -208,23 +216,22 @@ def body_to_wait_for(head: bytes, max_body: int) -> int:
     0 also for anything unusual (two lengths, a length with a transfer coding, codings other than chunked alone, a
     malformed line): a thread takes it at once, and gunicorn refuses it.
     """
-    length, chunked = -1, False
+    length, codings = -1, []
     lines = head.lstrip(b"\r\n").split(b"\n")  # gunicorn takes an empty line before the request line
     for line in lines[1:]:  # the header lines, after the request line
         name, colon, value = line.partition(b":")
         if not colon:
             return 0
         name, value = name.strip().lower(), value.strip()
-        if name == b"transfer-encoding":
-            if chunked or value.lower() != b"chunked":
-                return 0
-            chunked = True
+        if name == b"transfer-encoding":  # gunicorn joins every such header's list of codings
+            codings += [coding.strip().lower() for coding in value.split(b",")]
         if name == b"content-length":
             if not value.isdigit() or length >= 0:
                 return 0
-            length = int(value) if len(value) <= MAX_LENGTH_DIGITS else max_body + 1
-    if chunked:
-        return CHUNKED if length < 0 else 0
+            significant = value.lstrip(b"0")
+            length = int(significant or b"0") if len(significant) <= MAX_LENGTH_DIGITS else max_body + 1
+    if codings:  # the body is chunked when chunked comes last (gunicorn refuses the rest, and any length with it)
+        return CHUNKED if codings[-1] == b"chunked" and length < 0 else 0
     return TOO_LONG if length > max_body else max(length, 0)
 
 

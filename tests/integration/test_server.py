@@ -449,6 +449,16 @@ def test_a_client_that_awaits_100_continue_gets_it_before_it_sends_its_body(pati
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]  # one go-ahead only: gunicorn's is not sent again
 
 
+def test_a_client_still_sending_when_refused_reads_the_refusal_and_an_orderly_close(patient_server: Served) -> None:
+    with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
+        s.sendall(b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n" + b"x" * 100_000)
+        time.sleep(0.3)  # the refusal is sent while the body is on its way: unread, a close would reset
+        answer = b""
+        while received := s.recv(65536):  # a reset here (ConnectionResetError) would lose the answer on a network
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_sent(patient_server: Served) -> None:
     with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
         s.sendall(b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n")

@@ -32,7 +32,7 @@ def test_bare_newlines_end_a_head_too() -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        b"Transfer-Encoding: gzip, chunked",  # codings the application does not take: gunicorn or it refuses
+        b"Transfer-Encoding: chunked, gzip",  # chunked not last: gunicorn refuses it
         b"Transfer-Encoding: chunked\r\nContent-Length: 5",  # both: gunicorn refuses it
         b"Content-Length: -5",
         b"Content-Length: 1e3",
@@ -52,7 +52,22 @@ def test_a_chunked_body_past_the_limit_is_refused_and_a_malformed_one_goes_to_a_
     head = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
     assert fed(head + b"3E9\r\n") == [BODY_TOO_LARGE]  # 1001 bytes declared
     assert fed(head + b"zz\r\n") == [READY]
-    assert fed(head + b"5" * 5000) == [READY]  # a size line that never ends
+    assert fed(head + b"5" * 9000) == [READY]  # a size line past gunicorn's limit: it refuses that at once
+
+
+def test_chunked_framing_that_gunicorn_accepts_is_awaited_whole_not_handed_over() -> None:
+    head = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert fed(head + b"000000005\r\nhel", b"lo\r\n0\r\n\r\n") == [WAIT, READY]  # leading zeros
+    assert fed(head + b"100000000\r\n") == [BODY_TOO_LARGE]  # nine significant digits
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 90) for i in range(60))  # ~6 KB of trailer lines
+    assert fed(head + b"1\r\na\r\n0\r\n" + trailers, b"\r\n") == [WAIT, READY]
+    assert fed(head + b"0\r\n" + b"X-T: v\r\n" * 9000) == [TOO_LARGE]  # trailers that never end: 431
+    for codings in (b"Transfer-Encoding: gzip, chunked", b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked"):
+        assert fed(HEAD + codings + b"\r\n\r\n1\r\na\r\n", b"0\r\n\r\n") == [WAIT, READY]
+
+
+def test_a_content_length_with_leading_zeros_is_the_length_it_says() -> None:
+    assert fed(HEAD + b"Content-Length: " + b"0" * 30 + b"5\r\n\r\n", b"12345") == [WAIT, READY]
 
 
 def test_two_content_lengths_or_a_broken_header_line_go_to_gunicorn_which_refuses_them() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.health import Readiness
+from app.health import Readiness, ReadinessCheckFailed
 from app.services import EXTENSION
 
 
@@ -96,8 +96,8 @@ def test_callers_waiting_for_a_check_that_fails_get_its_error_not_a_check_each()
     def ask() -> None:
         try:
             ready(False)
-        except RuntimeError as e:
-            errors.append(str(e))
+        except ReadinessCheckFailed as e:
+            errors.append(str(e.__cause__))
 
     threads = [threading.Thread(target=ask) for _ in range(5)]
     for t in threads:
@@ -125,7 +125,7 @@ def test_a_failing_check_lets_the_next_caller_check_again() -> None:
 
     ready = Readiness(failing, max_age_s=60)
     for _ in range(2):
-        with pytest.raises(RuntimeError):
+        with pytest.raises(ReadinessCheckFailed):
             ready(False)
     assert calls == 2
 
