@@ -120,30 +120,27 @@ class RunnerWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
 
     def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
-        self._read_early(conn, self.pending_conns)
+        self._read_early(conn, kept_alive=False)
 
     def on_client_socket_readable(self, conn: Any, client: Any) -> None:
         """A kept-alive connection's next request begins."""
-        self._read_early(conn, self.keepalived_conns)
+        self._read_early(conn, kept_alive=True)
 
-    def _read_early(self, conn: Any, waiting: Any) -> None:
+    def _read_early(self, conn: Any, kept_alive: bool) -> None:
         """What has arrived of the request; a thread takes it once nothing is left to wait for (EarlyRequest).
+
+        On a kept-alive connection the request begins with these bytes, and so does its time limit.
 
         This runs on gunicorn's main loop, where an exception would end the process (every client's connections and
         running jobs): anything unexpected closes this one connection instead.
         """
         try:
-            try:
-                chunk = _raw(conn).recv(65536)
-            except BlockingIOError:
+            chunk = _received(conn)
+            if chunk is None:
                 return
-            except OSError:
-                chunk = b""
             if not chunk:  # the client has gone
-                self._forget(conn)
-                self._close(conn)
+                self._drop(conn)
                 return
-            kept_alive = waiting is self.keepalived_conns  # a kept-alive connection's request begins with this byte
             state = self._add_early(conn, chunk, None if kept_alive else conn.timeout)
             if state == WAIT and kept_alive:
                 self._forget(conn)
@@ -153,8 +150,7 @@ class RunnerWorker(ThreadWorker):
                 self._hand_over(conn, state)
         except Exception:
             log.exception("reading a request on the poller failed; closing its connection")
-            self._forget(conn)
-            self._close(conn)
+            self._drop(conn)
 
     def _add_early(self, conn: Any, chunk: bytes, deadline: float | None) -> str:
         """Add `chunk` to the connection's request; what EarlyRequest.add says, or BUSY.
@@ -204,6 +200,11 @@ class RunnerWorker(ThreadWorker):
             with contextlib.suppress(ValueError):
                 waiting.remove(conn)
 
+    def _drop(self, conn: Any) -> None:
+        """Forget the connection wherever it waited, then close it."""
+        self._forget(conn)
+        self._close(conn)
+
     def _close(self, conn: Any) -> None:
         """Close the connection, once (it counts in gunicorn's limit on connections until then)."""
         if getattr(conn, "closed_here", False):
@@ -230,12 +231,9 @@ class RunnerWorker(ThreadWorker):
                     "dropped the HTTP client %s: it sent its request too slowly (limit %g s)",
                     conn.client, self._settings.http_read_timeout_s,
                 )  # fmt: skip
-            self._forget(conn)
-            self._close(conn)
+            self._drop(conn)
         while self._lingering and self._lingering[0].timeout <= now:
-            conn = self._lingering.popleft()
-            self._forget(conn)
-            self._close(conn)
+            self._drop(self._lingering.popleft())
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """Gunicorn's, except that a kept-alive connection's next request, begun already, is read on the poller too.
@@ -292,16 +290,12 @@ class RunnerWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
 
     def _on_lingering_readable(self, conn: Any, client: Any) -> None:
-        try:
-            data = _raw(conn).recv(65536)
-        except BlockingIOError:
+        data = _received(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.lingered += len(data)
         if not data or conn.lingered >= LINGER_BYTES:
-            self._forget(conn)
-            self._close(conn)
+            self._drop(conn)
 
     def enqueue_req(self, conn: Any) -> None:
         if not isinstance(conn.sock, DeadlineSocket):
@@ -337,6 +331,17 @@ class RunnerWorker(ThreadWorker):
             log.exception("draining failed; stopping")
         finally:
             self.alive = False
+
+
+def _received(conn: Any) -> bytes | None:
+    """What a readable connection has sent: None when nothing after all, b"" when the client has gone."""
+    try:
+        data: bytes = _raw(conn).recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+    return data
 
 
 def _raw(conn: Any) -> Any:
