@@ -220,6 +220,23 @@ def strict_server(tmp_path: Path, base_image: str, docker_client: docker.DockerC
     yield from serve(tmp_path, base_image, docker_client, settings)
 
 
+PRINT_1 = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()  # a /run-json body
+
+
+def run_head(key: str, framing: str, *headers: str) -> bytes:
+    """The head of an asynchronous /run-json request: its body's framing (a length, or chunked), then `headers`."""
+    lines = ["POST /run-json?async=1 HTTP/1.1", "Host: x", f"Authorization: Bearer {key}"]
+    return "\r\n".join([*lines, "Content-Type: application/json", framing, *headers, "", ""]).encode()
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    answer = b""
+    while received := sock.recv(65536):
+        answer += received
+    return answer
+
+
 def closed_within(sock: socket.socket, seconds: float) -> float | None:
     """Seconds until the server closed the connection (EOF or reset), or None if it stayed open."""
     started = time.monotonic()
@@ -308,10 +325,7 @@ def test_requests_that_stall_after_their_first_bytes_take_no_thread(patient_serv
 
 
 def test_a_body_trickled_after_100_continue_is_held_to_the_request_deadline(patient_server: Served) -> None:
-    head = (
-        "POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n"
-        f"Authorization: Bearer {patient_server.key}\r\nExpect: 100-continue\r\n\r\n"
-    ).encode()
+    head = run_head(patient_server.key, "Content-Length: 20", "Expect: 100-continue")
     with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
         s.sendall(head)
         assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue")
@@ -340,9 +354,7 @@ def test_clients_that_keep_a_closed_connection_open_do_not_hold_up_the_others(pa
         assert healthz_status(patient_server.port) == 200
         assert time.monotonic() - started < 2
         for s in lingering:
-            answer = b""
-            while received := s.recv(65536):  # the server closes its side within its 2 s linger
-                answer += received
+            answer = read_to_end(s)  # the server closes its side within its 2 s linger
             assert answer.startswith(b"HTTP/1.0 200 "), answer[:300]
     finally:
         for s in lingering:
@@ -369,29 +381,19 @@ def test_a_content_length_of_thousands_of_digits_is_refused_and_the_server_lives
 
 
 def test_a_request_sent_in_pieces_within_the_read_limit_is_answered(patient_server: Served) -> None:
-    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
-    request = (
-        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode() + body
+    request = run_head(patient_server.key, f"Content-Length: {len(PRINT_1)}", "Connection: close") + PRINT_1
     with socket.create_connection(("127.0.0.1", patient_server.port), timeout=20) as s:
         for at in range(0, len(request), 40):  # a head and a body in pieces, the last of them after ~2 s
             s.sendall(request[at : at + 40])
             time.sleep(0.1)
-        answer = b""
-        while received := s.recv(65536):
-            answer += received
+        answer = read_to_end(s)
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
 
 
 def test_a_chunked_request_sent_in_pieces_is_answered(patient_server: Served) -> None:
-    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
-    chunks = [body[:10], body[10:]]
+    chunks = [PRINT_1[:10], PRINT_1[10:]]
     request = (
-        (
-            f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
-            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        ).encode()
+        run_head(patient_server.key, "Transfer-Encoding: chunked", "Connection: close")
         + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
         + b"0\r\n\r\n"
     )
@@ -399,20 +401,14 @@ def test_a_chunked_request_sent_in_pieces_is_answered(patient_server: Served) ->
         for at in range(0, len(request), 7):
             s.sendall(request[at : at + 7])
             time.sleep(0.02)
-        answer = b""
-        while received := s.recv(65536):
-            answer += received
+        answer = read_to_end(s)
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
 
 
 def test_a_kept_alive_request_that_takes_longer_than_the_keep_alive_to_arrive_is_answered(
     patient_server: Served,
 ) -> None:
-    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
-    head = (
-        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
-        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    ).encode()
+    head = run_head(patient_server.key, "Transfer-Encoding: chunked", "Connection: close")
     with socket.create_connection(("127.0.0.1", patient_server.port), timeout=20) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         first = b""
@@ -421,31 +417,22 @@ def test_a_kept_alive_request_that_takes_longer_than_the_keep_alive_to_arrive_is
         assert first.startswith(b"HTTP/1.1 200 ")
         time.sleep(1.5)  # gunicorn keeps the connection 2 s for the next request's first byte
         s.sendall(head)
-        for piece in (body[:10], body[10:]):  # the request's end comes 3 s after its start (its limit: 8 s)
+        for piece in (PRINT_1[:10], PRINT_1[10:]):  # the request's end comes 3 s after its start (its limit: 8 s)
             time.sleep(1.5)
             s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
         s.sendall(b"0\r\n\r\n")
-        answer = b""
-        while received := s.recv(65536):
-            answer += received
+        answer = read_to_end(s)
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
 
 
 def test_a_client_that_awaits_100_continue_gets_it_before_it_sends_its_body(patient_server: Served) -> None:
-    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
-    head = (
-        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {patient_server.key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
+    head = run_head(patient_server.key, f"Content-Length: {len(PRINT_1)}", "Expect: 100-continue", "Connection: close")
     with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
         s.sendall(head)
         assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n", "no go-ahead: the body would never come"
         time.sleep(0.5)
-        s.sendall(body)
-        answer = b""
-        while received := s.recv(65536):
-            answer += received
+        s.sendall(PRINT_1)
+        answer = read_to_end(s)
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]  # one go-ahead only: gunicorn's is not sent again
 
 
@@ -453,9 +440,7 @@ def test_a_client_still_sending_when_refused_reads_the_refusal_and_an_orderly_cl
     with socket.create_connection(("127.0.0.1", patient_server.port), timeout=5) as s:
         s.sendall(b"POST /run-json HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n" + b"x" * 100_000)
         time.sleep(0.3)  # the refusal is sent while the body is on its way: unread, a close would reset
-        answer = b""
-        while received := s.recv(65536):  # a reset here (ConnectionResetError) would lose the answer on a network
-            answer += received
+        answer = read_to_end(s)  # a reset here (ConnectionResetError) would lose the answer on a network
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
 
 
@@ -495,17 +480,13 @@ def healthz_status(port: int) -> int:
 
 def test_a_keep_alive_request_whose_body_comes_after_its_headers_is_read_whole(strict_server: Served) -> None:
     """The second request on a connection, its body sent a moment after its headers, as clients often do."""
-    body = json.dumps({"script_name": "main.py", "code": "print(1)"}).encode()
-    head = (
-        f"POST /run-json?async=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {strict_server.key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = run_head(strict_server.key, f"Content-Length: {len(PRINT_1)}")
     with socket.create_connection(("127.0.0.1", strict_server.port), timeout=10) as s:
         answers = b""
         for n in range(1, 4):
             s.sendall(head)
             time.sleep(0.3)  # the body arrives after the server has started reading the request
-            s.sendall(body)
+            s.sendall(PRINT_1)
             while answers.count(b"HTTP/1.1 ") < n or not answers.endswith(b"}\n"):
                 received = s.recv(65536)
                 assert received, answers

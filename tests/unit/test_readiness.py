@@ -23,6 +23,16 @@ class CountingCheck:
         return {"status": "unavailable" if draining else "ok", "draining": draining, "check": self.calls}
 
 
+def together(task: Any, count: int, stagger_s: float = 0.0) -> None:
+    """`task` in `count` threads started `stagger_s` apart; returns once all have ended."""
+    threads = [threading.Thread(target=task) for _ in range(count)]
+    for t in threads:
+        t.start()
+        time.sleep(stagger_s)
+    for t in threads:
+        t.join()
+
+
 def test_one_check_serves_every_caller_until_it_is_older_than_the_max_age() -> None:
     check = CountingCheck()
     ready = Readiness(check, max_age_s=0.2)
@@ -35,11 +45,7 @@ def test_callers_arriving_during_a_check_wait_for_it_instead_of_starting_their_o
     check = CountingCheck(delay_s=0.3)
     ready = Readiness(check, max_age_s=5)
     answers: list[int] = []
-    threads = [threading.Thread(target=lambda: answers.append(ready(False)["check"])) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    together(lambda: answers.append(ready(False)["check"]), 8)
     assert answers == [1] * 8
     assert check.calls == 1
 
@@ -60,12 +66,7 @@ def test_a_check_slower_than_the_max_age_answers_everyone_waiting_for_it_at_once
         ready(False)
         waits.append(time.monotonic() - started)
 
-    threads = [threading.Thread(target=ask) for _ in range(5)]
-    for t in threads:
-        t.start()
-        time.sleep(0.02)
-    for t in threads:
-        t.join()
+    together(ask, 5, stagger_s=0.02)
     assert check.calls == 1  # one after another, each waiting for the last: 5 checks, the last caller 2.5 s
     assert max(waits) < 1.0
 
@@ -99,12 +100,7 @@ def test_callers_waiting_for_a_check_that_fails_get_its_error_not_a_check_each()
         except ReadinessCheckFailed as e:
             errors.append(str(e.__cause__))
 
-    threads = [threading.Thread(target=ask) for _ in range(5)]
-    for t in threads:
-        t.start()
-        time.sleep(0.02)
-    for t in threads:
-        t.join()
+    together(ask, 5, stagger_s=0.02)
     assert errors == ["engine gone"] * 5
     assert calls == 1
 
